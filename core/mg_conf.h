@@ -1,0 +1,156 @@
+/* mg_conf: the plan moongate runs — scrape jobs, their targets, and
+ * destinations — built by a loader (a Lua script through mg_lua_api, or a
+ * prometheus.yml through mg_promyml), then given defaults, checked and
+ * frozen by mg_conf_finish. The engine reads it and never changes it.
+ * Owns every string and array in it; one mg_conf_free releases all. */
+#ifndef MG_CONF_H
+#define MG_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct mg_kv {
+  char *name;
+  char *value;
+} mg_kv_t;
+
+typedef struct mg_kvs {
+  mg_kv_t *v;
+  size_t n, cap;
+} mg_kvs_t;
+
+typedef struct mg_conf_tls {
+  char *ca_file;
+  char *cert_file;
+  char *key_file;
+  char *server_name; /* SNI and verification name; default: the URL host */
+  bool insecure_skip_verify;
+} mg_conf_tls_t;
+
+/* HTTP authentication towards a target or a destination. At most one of
+ * basic auth and authorization may be set (checked by mg_conf_finish).
+ * Secret fields are wiped on free and never printed. */
+typedef struct mg_conf_auth {
+  char *basic_username;
+  char *basic_password;
+  char *basic_password_file;
+  char *auth_type;        /* Authorization scheme, "Bearer" when credentials set */
+  char *credentials;      /* secret */
+  char *credentials_file; /* read at start and on reload */
+} mg_conf_auth_t;
+
+typedef struct mg_conf_target {
+  char *address; /* host:port */
+  mg_kvs_t labels;
+} mg_conf_target_t;
+
+typedef struct mg_conf_job {
+  char *name;
+  uint64_t interval_ms;
+  uint64_t timeout_ms;
+  char *scheme;       /* "http" or "https" */
+  char *metrics_path; /* "/metrics" */
+  mg_kvs_t params;    /* URL query parameters, repeated names allowed */
+  bool honor_labels;
+  bool honor_timestamps; /* default true */
+  bool enable_compression; /* ask for gzip; default true */
+  mg_conf_auth_t auth;
+  mg_conf_tls_t tls;
+  uint64_t body_size_limit;   /* bytes, after decompression; 0 = default */
+  uint64_t sample_limit;      /* 0 = unlimited, as in Prometheus */
+  uint64_t label_limit;
+  uint64_t label_name_length_limit;
+  uint64_t label_value_length_limit;
+  mg_conf_target_t **targets;
+  size_t ntargets, targets_cap;
+} mg_conf_job_t;
+
+typedef enum {
+  MG_DEST_REMOTE_WRITE = 0, /* Prometheus remote write 1.0 over HTTP(S) */
+  MG_DEST_STDOUT,           /* exposition lines on standard output (demo, debugging) */
+  MG_DEST_FILE,             /* exposition lines appended to a file */
+} mg_dest_kind_t;
+
+/* queue_config of prometheus.yml, same meaning and defaults. */
+typedef struct mg_conf_queue {
+  uint32_t capacity;             /* samples buffered per shard: 2500 */
+  uint32_t max_shards;           /* 50 */
+  uint32_t min_shards;           /* 1 */
+  uint32_t max_samples_per_send; /* 2000 */
+  uint64_t batch_send_deadline_ms; /* 5000 */
+  uint64_t min_backoff_ms;         /* 30 */
+  uint64_t max_backoff_ms;         /* 5000 */
+  bool retry_on_http_429;          /* true */
+} mg_conf_queue_t;
+
+typedef struct mg_conf_dest {
+  char *name;
+  mg_dest_kind_t kind;
+  char *url;  /* remote write endpoint */
+  char *path; /* MG_DEST_FILE */
+  mg_kvs_t headers;
+  mg_conf_auth_t auth;
+  mg_conf_tls_t tls;
+  uint64_t remote_timeout_ms; /* 30000 */
+  mg_conf_queue_t queue;
+  bool send_metadata;                /* true */
+  uint64_t metadata_send_interval_ms; /* 60000 */
+} mg_conf_dest_t;
+
+typedef enum { MG_CONF_LUA = 0, MG_CONF_PROMYML } mg_conf_source_t;
+
+typedef struct mg_conf {
+  char *path; /* the file it came from */
+  mg_conf_source_t source;
+  uint64_t scrape_interval_ms; /* global default: 60000 */
+  uint64_t scrape_timeout_ms;  /* global default: 10000 */
+  mg_kvs_t external_labels;
+  mg_conf_job_t **jobs;
+  size_t njobs, jobs_cap;
+  mg_conf_dest_t **dests;
+  size_t ndests, dests_cap;
+  bool frozen;
+} mg_conf_t;
+
+/* Where a config error is: file, line (0 when unknown), and a message that
+ * names the field and what to do. */
+typedef struct mg_conf_error {
+  char file[256];
+  uint32_t line;
+  char msg[512];
+} mg_conf_error_t;
+
+/* Builders (loaders use these). All return NULL / negative mg_err on OOM.
+ * Strings are copied. */
+mg_conf_t *mg_conf_new(const char *path, mg_conf_source_t source);
+void mg_conf_free(mg_conf_t *c);
+mg_conf_job_t *mg_conf_add_job(mg_conf_t *c, const char *name);
+mg_conf_target_t *mg_conf_job_add_target(mg_conf_job_t *j, const char *address);
+mg_conf_dest_t *mg_conf_add_dest(mg_conf_t *c, const char *name, mg_dest_kind_t kind);
+int mg_kvs_add(mg_kvs_t *kvs, const char *name, const char *value);
+/* Replace the value of name if present, else add. */
+int mg_kvs_set(mg_kvs_t *kvs, const char *name, const char *value);
+const char *mg_kvs_get(const mg_kvs_t *kvs, const char *name);
+void mg_kvs_cleanup(mg_kvs_t *kvs);
+/* Replace *slot with a copy of s (frees the old value; NULL clears). */
+int mg_conf_set_str(char **slot, const char *s);
+int mg_conf_set_secret(char **slot, const char *s); /* wipes the old value */
+
+/* Fill defaults (jobs inherit global interval/timeout; queue defaults),
+ * then check everything: unique job and destination names, timeout <=
+ * interval, valid label names, URLs parse with http/https, auth exclusive,
+ * at least one destination. On failure fills *err and returns MG_ECONFIG.
+ * On success the conf is frozen. */
+int mg_conf_finish(mg_conf_t *c, mg_conf_error_t *err);
+
+/* Print the plan for `moongate check` (secrets shown as <secret>). */
+void mg_conf_print(const mg_conf_t *c, FILE *out);
+
+/* Parse durations like Prometheus ("15s", "1m30s", "500ms", "1h"); 0 or MG_EINVAL. */
+int mg_conf_parse_duration(const char *s, uint64_t *ms);
+/* Parse a byte size ("50MB", "1KiB", "1024"); 0 or MG_EINVAL. */
+int mg_conf_parse_bytes(const char *s, uint64_t *bytes);
+
+#endif
