@@ -21,6 +21,12 @@ static inline bool mg_str_eq(mg_str_t a, mg_str_t b) {
   return a.n == b.n && (a.n == 0 || memcmp(a.p, b.p, a.n) == 0);
 }
 static inline bool mg_str_eq_c(mg_str_t a, const char *b) { return mg_str_eq(a, mg_str(b)); }
+/* A label as two views; the unit relabeling and encoding work on. */
+typedef struct mg_label {
+  mg_str_t name;
+  mg_str_t value;
+} mg_label_t;
+
 /* Byte-wise comparison (the order remote write requires for label names). */
 int mg_str_cmp(mg_str_t a, mg_str_t b);
 bool mg_str_has_prefix(mg_str_t s, const char *prefix);

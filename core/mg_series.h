@@ -1,0 +1,76 @@
+/* mg_series: the per-target series table. Keyed by a 64-bit hash of the raw
+ * series bytes of the exposition ("name{labels}"), it holds what a known
+ * series costs to remember: the cached decision, which scrape last saw it
+ * (staleness), and where its key bytes live (needed only to write a
+ * staleness marker once it disappears). Pure: no libuv, no clock. */
+#ifndef MG_SERIES_H
+#define MG_SERIES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mg_buf.h"
+#include "mg_str.h"
+
+/* 16 bytes per series; the table keeps its load under 3/4. A 64-bit hash
+ * collision between two series of one target (odds ~n^2/2^65, 3e-8 for a
+ * million series) would merge their bookkeeping; the samples themselves are
+ * always encoded from the body, so labels are never mixed up. */
+typedef struct mg_series_entry {
+  uint64_t hash;  /* 0 marks an empty slot; real hashes of 0 are remapped */
+  uint32_t key;   /* offset of the key bytes in the key store */
+  uint16_t epoch; /* scrape that last saw it */
+  uint16_t route; /* cached decision: MG_SERIES_ROUTE_* or an index set by the decision hook */
+} mg_series_entry_t;
+
+#define MG_SERIES_ROUTE_UNDECIDED 0
+#define MG_SERIES_ROUTE_DEFAULT 1 /* every destination, labels as scraped */
+#define MG_SERIES_ROUTE_DROP 2
+
+typedef struct mg_series_table {
+  mg_series_entry_t *slots;
+  uint32_t cap, count;
+  uint16_t epoch;
+  /* Key store: each key is a varint length followed by its bytes. Deleted
+   * keys become garbage that mg_series_sweep compacts away when it reaches
+   * half the store. */
+  mg_buf_t keys;
+  size_t garbage;
+} mg_series_table_t;
+
+void mg_series_init(mg_series_table_t *t);
+void mg_series_cleanup(mg_series_table_t *t);
+
+/* Start a scrape: advances the epoch. */
+void mg_series_begin(mg_series_table_t *t);
+
+/* Normalise a raw hash (0 is reserved for empty slots). */
+static inline uint64_t mg_series_hash(const void *key, size_t n, uint64_t seed) {
+  uint64_t h = mg_hash64(key, n, seed);
+  return h ? h : 1;
+}
+
+/* Find the series, or insert it (copying key) with route UNDECIDED. *is_new
+ * tells which. Returns NULL on OOM. The pointer is valid until the next
+ * insert or sweep. */
+mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_t key, bool *is_new);
+mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash);
+
+/* The key bytes of an entry (borrowed until the next insert/sweep). */
+mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e);
+
+/* After a successful scrape: every series not seen in the current epoch is
+ * passed to fn (to write a staleness marker) and removed. With all = true
+ * (target down or removed) every series is passed and removed. fn may be
+ * NULL. Returns the number removed. */
+typedef void (*mg_series_gone_fn)(void *ud, const mg_series_entry_t *e, mg_str_t key);
+size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, void *ud);
+
+/* Forget every cached decision (after a reload): routes go back to UNDECIDED. */
+void mg_series_reset_routes(mg_series_table_t *t);
+
+/* Heap bytes held, for self-metrics. */
+size_t mg_series_bytes(const mg_series_table_t *t);
+
+#endif
