@@ -145,6 +145,20 @@ int mg_conf_set_secret(char **slot, const char *s); /* wipes the old value */
  * On success the conf is frozen. */
 int mg_conf_finish(mg_conf_t *c, mg_conf_error_t *err);
 
+/* Which part of the plan an mg_conf_finish_at error is about, so a loader
+ * that kept source positions (mg_promyml) can point at a line. index is
+ * the position in jobs[] or dests[]; 0 for MG_CONF_AT_GLOBAL. */
+typedef enum { MG_CONF_AT_GLOBAL = 0, MG_CONF_AT_JOB, MG_CONF_AT_DEST } mg_conf_at_t;
+/* mg_conf_finish that also says where the error is (at, index may be NULL). */
+int mg_conf_finish_at(mg_conf_t *c, mg_conf_error_t *err, mg_conf_at_t *at, size_t *index);
+
+/* Upper bounds checked by mg_conf_finish (a plan past them is refused). */
+#define MG_CONF_MAX_JOBS 10000
+#define MG_CONF_MAX_TARGETS 100000 /* per job */
+#define MG_CONF_MAX_DESTS 64
+#define MG_CONF_MAX_LABELS 256 /* external, per target, params, headers */
+#define MG_CONF_MAX_NAME 256   /* job and destination names, bytes */
+
 /* Print the plan for `moongate check` (secrets shown as <secret>). */
 void mg_conf_print(const mg_conf_t *c, FILE *out);
 
@@ -152,5 +166,8 @@ void mg_conf_print(const mg_conf_t *c, FILE *out);
 int mg_conf_parse_duration(const char *s, uint64_t *ms);
 /* Parse a byte size ("50MB", "1KiB", "1024"); 0 or MG_EINVAL. */
 int mg_conf_parse_bytes(const char *s, uint64_t *bytes);
+/* Format ms as Prometheus does ("1m30s", "500ms", "0s"); always
+ * NUL-terminates out (24 bytes suffice). Returns out. */
+char *mg_conf_format_duration(uint64_t ms, char *out, size_t outsz);
 
 #endif
