@@ -1,0 +1,944 @@
+/* mg_promyml: walks a libyaml document tree of a prometheus.yml and fills
+ * an mg_conf_t through its builders, then finishes it. Owns the document
+ * only while loading. Unknown keys are errors, never skipped; the work done
+ * is bounded so that aliases cannot expand into billions of nodes. */
+#include "mg_promyml.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+#include "mg_err.h"
+#include "mg_mem.h"
+
+/* Nodes visited plus key comparisons made. Aliases share nodes, so a small
+ * file could otherwise describe 10^12 targets; a real config stays far
+ * below this (100k targets with a few labels each is about 10^6). */
+#define WORK_BUDGET (64u << 20)
+/* Merge keys (<<) nest, and libyaml lets an alias point into its own
+ * anchor, so merge resolution is depth-limited to break cycles. */
+#define MAX_MERGE_DEPTH 8
+/* Keys in one mapping; more than any real section or label set. */
+#define MAX_MAP_KEYS 4096
+
+typedef struct pair {
+  const char *key;
+  yaml_node_t *k, *v;
+} pair_t;
+
+typedef struct map {
+  pair_t *v;
+  size_t n, cap;
+} map_t;
+
+typedef struct loader {
+  yaml_document_t doc;
+  mg_conf_t *c;
+  mg_conf_error_t *err;
+  const char *name;
+  char path[256]; /* key path of the node being read: scrape_configs[1].scheme */
+  size_t plen;
+  uint64_t work;
+  uint32_t *job_line, *dest_line; /* 1-based line of each jobs[i] / dests[i] */
+  size_t job_line_cap, dest_line_cap;
+} loader_t;
+
+static uint32_t line_of(const yaml_node_t *n) { return n ? (uint32_t)n->start_mark.line + 1 : 0; }
+
+static void set_err(mg_conf_error_t *err, const char *file, uint32_t line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void set_err(mg_conf_error_t *err, const char *file, uint32_t line, const char *fmt, ...) {
+  if (!err) return;
+  snprintf(err->file, sizeof(err->file), "%s", file ? file : "");
+  err->line = line;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+  va_end(ap);
+}
+
+/* Error at node n, prefixed with the current key path. */
+__attribute__((format(printf, 3, 4))) static int fail(loader_t *L, const yaml_node_t *n, const char *fmt, ...) {
+  if (!L->err) return MG_ECONFIG;
+  char msg[sizeof(L->err->msg)];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (L->plen)
+    set_err(L->err, L->name, line_of(n), "%s: %s", L->path, msg);
+  else
+    set_err(L->err, L->name, line_of(n), "%s", msg);
+  return MG_ECONFIG;
+}
+
+static int oom(loader_t *L, const yaml_node_t *n) {
+  fail(L, n, "out of memory");
+  return MG_ENOMEM;
+}
+
+static int spend(loader_t *L, const yaml_node_t *n, uint64_t units) {
+  L->work += units;
+  if (L->work > WORK_BUDGET) return fail(L, n, "document too complex (aliases expand to too many nodes)");
+  return 0;
+}
+
+/* Key path: push returns the old length for pop. Truncation only shortens
+ * the path shown in an error. */
+static size_t push_key(loader_t *L, const char *key) {
+  size_t old = L->plen;
+  int w = snprintf(L->path + L->plen, sizeof(L->path) - L->plen, "%s%s", L->plen ? "." : "", key);
+  if (w > 0) L->plen += (size_t)w < sizeof(L->path) - L->plen ? (size_t)w : sizeof(L->path) - L->plen - 1;
+  return old;
+}
+
+static size_t push_index(loader_t *L, size_t i) {
+  size_t old = L->plen;
+  int w = snprintf(L->path + L->plen, sizeof(L->path) - L->plen, "[%zu]", i);
+  if (w > 0) L->plen += (size_t)w < sizeof(L->path) - L->plen ? (size_t)w : sizeof(L->path) - L->plen - 1;
+  return old;
+}
+
+static void pop(loader_t *L, size_t old) {
+  L->plen = old;
+  L->path[old] = '\0';
+}
+
+/* ---- scalars ----------------------------------------------------------- */
+
+static const char *sval(const yaml_node_t *n) { return (const char *)n->data.scalar.value; }
+
+static bool is_plain(const yaml_node_t *n) {
+  return n->type == YAML_SCALAR_NODE && n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+/* YAML 1.1 null, as Go's yaml.v2 resolves it. */
+static bool is_null(const yaml_node_t *n) {
+  if (!n) return true;
+  if (!is_plain(n)) return false;
+  const char *s = sval(n);
+  return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
+}
+
+static const char *type_name(const yaml_node_t *n) {
+  switch (n->type) {
+  case YAML_SCALAR_NODE: return "a scalar";
+  case YAML_SEQUENCE_NODE: return "a list";
+  case YAML_MAPPING_NODE: return "a mapping";
+  case YAML_NO_NODE: break;
+  }
+  return "nothing";
+}
+
+static int get_str(loader_t *L, yaml_node_t *n, const char **out) {
+  if (n->type != YAML_SCALAR_NODE) return fail(L, n, "expected a string, got %s", type_name(n));
+  if (strlen(sval(n)) != n->data.scalar.length) return fail(L, n, "string contains a NUL byte");
+  *out = sval(n);
+  return 0;
+}
+
+static int get_bool(loader_t *L, yaml_node_t *n, bool *out) {
+  /* yaml.v2 accepts the YAML 1.1 spellings, unquoted only. */
+  static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON", "y", "Y"};
+  static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "n", "N"};
+  if (is_plain(n)) {
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+      if (!strcmp(sval(n), yes[i])) return *out = true, 0;
+      if (!strcmp(sval(n), no[i])) return *out = false, 0;
+    }
+  }
+  if (n->type == YAML_SCALAR_NODE) return fail(L, n, "expected true or false, got \"%.64s\"", sval(n));
+  return fail(L, n, "expected true or false, got %s", type_name(n));
+}
+
+static int get_uint(loader_t *L, yaml_node_t *n, uint64_t max, uint64_t *out) {
+  if (!is_plain(n)) {
+    if (n->type == YAML_SCALAR_NODE) return fail(L, n, "expected a number, got \"%.64s\"", sval(n));
+    return fail(L, n, "expected a number, got %s", type_name(n));
+  }
+  const char *s = sval(n);
+  uint64_t v = 0;
+  if (*s == '+') s++;
+  if (!*s) return fail(L, n, "expected a number, got \"%.64s\"", sval(n));
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return fail(L, n, "expected a non-negative integer, got \"%.64s\"", sval(n));
+    if (v > (max - (uint64_t)(*s - '0')) / 10)
+      return fail(L, n, "%.64s is too large (maximum %llu)", sval(n), (unsigned long long)max);
+    v = v * 10 + (uint64_t)(*s - '0');
+  }
+  *out = v;
+  return 0;
+}
+
+static int get_duration(loader_t *L, yaml_node_t *n, uint64_t *ms) {
+  const char *s = "";
+  int rc = get_str(L, n, &s);
+  if (rc < 0) return rc;
+  if (mg_conf_parse_duration(s, ms) < 0)
+    return fail(L, n, "invalid duration \"%.64s\" (use e.g. 15s, 1m30s, 500ms)", s);
+  return 0;
+}
+
+/* Durations where 0 would mean "the default" in mg_conf but something else
+ * (no wait, no timeout) in Prometheus: refuse rather than guess. */
+static int get_duration_pos(loader_t *L, yaml_node_t *n, uint64_t *ms) {
+  int rc = get_duration(L, n, ms);
+  if (rc == 0 && *ms == 0) return fail(L, n, "must be greater than 0");
+  return rc;
+}
+
+static int get_u32_pos(loader_t *L, yaml_node_t *n, uint32_t *out) {
+  uint64_t v;
+  int rc = get_uint(L, n, UINT32_MAX, &v);
+  if (rc < 0) return rc;
+  if (v == 0) return fail(L, n, "must be at least 1");
+  *out = (uint32_t)v;
+  return 0;
+}
+
+static int set_str(loader_t *L, yaml_node_t *n, char **slot, bool secret) {
+  const char *s = "";
+  int rc = get_str(L, n, &s);
+  if (rc < 0) return rc;
+  rc = secret ? mg_conf_set_secret(slot, s) : mg_conf_set_str(slot, s);
+  return rc < 0 ? oom(L, n) : 0;
+}
+
+/* ---- mappings ---------------------------------------------------------- */
+
+static const pair_t *map_find(const map_t *m, const char *key) {
+  for (size_t i = 0; i < m->n; i++)
+    if (!strcmp(m->v[i].key, key)) return &m->v[i];
+  return NULL;
+}
+
+static int map_add(loader_t *L, map_t *m, const char *key, yaml_node_t *k, yaml_node_t *v) {
+  if (m->n == MAX_MAP_KEYS) return fail(L, k, "more than %d keys in one mapping", MAX_MAP_KEYS);
+  if (m->n == m->cap) {
+    size_t ncap = m->cap ? m->cap * 2 : 16;
+    pair_t *p = mg_reallocarray(m->v, ncap, sizeof(*p));
+    if (!p) return oom(L, k);
+    m->v = p;
+    m->cap = ncap;
+  }
+  m->v[m->n++] = (pair_t){key, k, v};
+  return 0;
+}
+
+static void map_cleanup(map_t *m) {
+  mg_free(m->v);
+  *m = (map_t){0};
+}
+
+/* Flatten mapping node n into m: its own keys (a key given twice is an
+ * error, as in yaml.v2 strict mode), then keys from merge sources (<<) not
+ * already present, earlier sources first, as the YAML merge spec says. */
+static int map_collect(loader_t *L, yaml_node_t *n, map_t *m, int depth) {
+  if (depth > MAX_MERGE_DEPTH) return fail(L, n, "merge keys (<<) nested too deeply or recursive");
+  int rc;
+  size_t first = m->n;
+  yaml_node_pair_t *p;
+  yaml_node_t *merges[64];
+  size_t nmerges = 0;
+  for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = yaml_document_get_node(&L->doc, p->key), *v = yaml_document_get_node(&L->doc, p->value);
+    if (!k || !v) return fail(L, n, "malformed mapping");
+    if ((rc = spend(L, k, 1 + (m->n - first))) < 0) return rc;
+    if (k->type != YAML_SCALAR_NODE || strlen(sval(k)) != k->data.scalar.length)
+      return fail(L, k, "mapping keys must be strings");
+    if (is_plain(k) && !strcmp(sval(k), "<<")) {
+      if (v->type == YAML_SEQUENCE_NODE) {
+        for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+          if (nmerges == sizeof(merges) / sizeof(merges[0])) return fail(L, k, "too many merge sources");
+          merges[nmerges++] = yaml_document_get_node(&L->doc, *it);
+        }
+      } else {
+        if (nmerges == sizeof(merges) / sizeof(merges[0])) return fail(L, k, "too many merge sources");
+        merges[nmerges++] = v;
+      }
+      continue;
+    }
+    for (size_t i = first; i < m->n; i++)
+      if (!strcmp(m->v[i].key, sval(k))) return fail(L, k, "key \"%.64s\" given twice", sval(k));
+    if ((rc = map_add(L, m, sval(k), k, v)) < 0) return rc;
+  }
+  for (size_t i = 0; i < nmerges; i++) {
+    yaml_node_t *src = merges[i];
+    if (!src || src->type != YAML_MAPPING_NODE) return fail(L, src ? src : n, "merge key (<<) needs a mapping");
+    map_t sub = {0};
+    if ((rc = map_collect(L, src, &sub, depth + 1)) < 0) {
+      map_cleanup(&sub);
+      return rc;
+    }
+    for (size_t s = 0; s < sub.n && rc == 0; s++) {
+      if ((rc = spend(L, sub.v[s].k, 1 + (m->n - first))) < 0) break;
+      bool present = false;
+      for (size_t e = first; e < m->n && !present; e++) present = !strcmp(m->v[e].key, sub.v[s].key);
+      if (!present) rc = map_add(L, m, sub.v[s].key, sub.v[s].k, sub.v[s].v);
+    }
+    map_cleanup(&sub);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Collect node n as a mapping (a null counts as empty). */
+static int get_map(loader_t *L, yaml_node_t *n, map_t *m) {
+  *m = (map_t){0};
+  if (is_null(n)) return 0;
+  if (n->type != YAML_MAPPING_NODE) return fail(L, n, "expected a mapping, got %s", type_name(n));
+  int rc = map_collect(L, n, m, 0);
+  if (rc < 0) map_cleanup(m);
+  return rc;
+}
+
+/* Items of a list (a null counts as empty). */
+static int get_seq(loader_t *L, yaml_node_t *n, yaml_node_item_t **start, size_t *count) {
+  *start = NULL;
+  *count = 0;
+  if (is_null(n)) return 0;
+  if (n->type != YAML_SEQUENCE_NODE) return fail(L, n, "expected a list, got %s", type_name(n));
+  *start = n->data.sequence.items.start;
+  *count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+  return spend(L, n, *count);
+}
+
+static yaml_node_t *item(loader_t *L, yaml_node_item_t *start, size_t i) {
+  return yaml_document_get_node(&L->doc, start[i]);
+}
+
+/* Keys that Prometheus knows but moongate does not honour: refused, except
+ * list-valued ones given as null or [] (an empty list does nothing). */
+static const char *const list_keys[] = {
+    "rule_files", "remote_read", "scrape_config_files", "relabel_configs", "metric_relabel_configs",
+    "write_relabel_configs", "alert_relabel_configs",
+};
+
+static bool is_empty_list(const yaml_node_t *v) {
+  return is_null(v) || (v->type == YAML_SEQUENCE_NODE && v->data.sequence.items.start == v->data.sequence.items.top);
+}
+
+/* Refuse key p (whose name the caller has pushed on the path) unless it is
+ * a list-valued Prometheus key given as an empty list. */
+static int unsupported(loader_t *L, const pair_t *p) {
+  bool listy = false;
+  size_t kl = strlen(p->key);
+  for (size_t i = 0; i < sizeof(list_keys) / sizeof(list_keys[0]) && !listy; i++) listy = !strcmp(p->key, list_keys[i]);
+  if (kl > 11 && !strcmp(p->key + kl - 11, "_sd_configs")) listy = true;
+  if (listy && is_empty_list(p->v)) return 0;
+  return fail(L, p->k, "not supported by this moongate version");
+}
+
+/* Accept key only with the value moongate's behaviour already matches. */
+static int only_value(loader_t *L, const pair_t *p, bool want, const char *why) {
+  bool b;
+  int rc = get_bool(L, p->v, &b);
+  if (rc < 0) return rc;
+  if (b != want) return fail(L, p->k, "only %s is supported: %s", want ? "true" : "false", why);
+  return 0;
+}
+
+/* Map of string to string (labels, headers): duplicates were refused when
+ * collecting, so kvs_add keeps the file's order. */
+static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, bool labels) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  if (m.n > MG_CONF_MAX_LABELS) rc = fail(L, n, "%zu entries, more than the maximum %d", m.n, MG_CONF_MAX_LABELS);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const char *v = "";
+    size_t old = push_key(L, m.v[i].key);
+    if (!is_null(m.v[i].v)) rc = get_str(L, m.v[i].v, &v);
+    if (rc == 0 && labels && !strncmp(m.v[i].key, "__", 2))
+      rc = fail(L, m.v[i].k, "labels starting with __ steer relabeling, which this moongate version does not "
+                              "support");
+    if (rc == 0 && mg_kvs_add(kvs, m.v[i].key, v) < 0) rc = oom(L, m.v[i].k);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+/* ---- shared HTTP client settings --------------------------------------- */
+
+static int load_basic_auth(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "username"))
+      rc = set_str(L, p->v, &a->basic_username, false);
+    else if (!strcmp(p->key, "password"))
+      rc = set_str(L, p->v, &a->basic_password, true);
+    else if (!strcmp(p->key, "password_file"))
+      rc = set_str(L, p->v, &a->basic_password_file, false);
+    else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  /* basic_auth: {} still means "send basic auth", with empty fields. */
+  if (rc == 0 && !a->basic_username && mg_conf_set_str(&a->basic_username, "") < 0) rc = oom(L, n);
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_authorization(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "type"))
+      rc = set_str(L, p->v, &a->auth_type, false);
+    else if (!strcmp(p->key, "credentials"))
+      rc = set_str(L, p->v, &a->credentials, true);
+    else if (!strcmp(p->key, "credentials_file"))
+      rc = set_str(L, p->v, &a->credentials_file, false);
+    else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  if (rc == 0 && !a->auth_type && mg_conf_set_str(&a->auth_type, "Bearer") < 0) rc = oom(L, n);
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_tls(loader_t *L, yaml_node_t *n, mg_conf_tls_t *t) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "ca_file"))
+      rc = set_str(L, p->v, &t->ca_file, false);
+    else if (!strcmp(p->key, "cert_file"))
+      rc = set_str(L, p->v, &t->cert_file, false);
+    else if (!strcmp(p->key, "key_file"))
+      rc = set_str(L, p->v, &t->key_file, false);
+    else if (!strcmp(p->key, "server_name"))
+      rc = set_str(L, p->v, &t->server_name, false);
+    else if (!strcmp(p->key, "insecure_skip_verify"))
+      rc = get_bool(L, p->v, &t->insecure_skip_verify);
+    else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+/* The HTTP client keys scrape jobs and remote_write share. Returns 1 when
+ * key is one of them (handled or refused through rc), 0 otherwise. */
+static int http_key(loader_t *L, const pair_t *p, mg_conf_auth_t *a, mg_conf_tls_t *t, int *rc) {
+  if (!strcmp(p->key, "basic_auth"))
+    *rc = load_basic_auth(L, p->v, a);
+  else if (!strcmp(p->key, "authorization"))
+    *rc = load_authorization(L, p->v, a);
+  else if (!strcmp(p->key, "bearer_token")) /* legacy spelling of authorization */
+    *rc = set_str(L, p->v, &a->credentials, true);
+  else if (!strcmp(p->key, "bearer_token_file"))
+    *rc = set_str(L, p->v, &a->credentials_file, false);
+  else if (!strcmp(p->key, "tls_config"))
+    *rc = load_tls(L, p->v, t);
+  else if (!strcmp(p->key, "enable_http2")) {
+    bool b;
+    *rc = get_bool(L, p->v, &b);
+  } else if (!strcmp(p->key, "follow_redirects"))
+    *rc = only_value(L, p, false, "moongate does not follow redirects");
+  else
+    return 0;
+  return 1;
+}
+
+/* Prometheus's checks among the legacy and new auth keys, which all land
+ * in the same mg_conf_auth_t fields and so cannot be told apart later. */
+static int check_auth_keys(loader_t *L, const map_t *m) {
+  const pair_t *bt = map_find(m, "bearer_token"), *btf = map_find(m, "bearer_token_file");
+  const pair_t *authz = map_find(m, "authorization"), *basic = map_find(m, "basic_auth");
+  if (bt && is_null(bt->v)) bt = NULL;
+  if (btf && is_null(btf->v)) btf = NULL;
+  if (bt && btf) return fail(L, btf->k, "at most one of bearer_token and bearer_token_file may be set");
+  if ((bt || btf) && authz && !is_null(authz->v))
+    return fail(L, (bt ? bt : btf)->k, "bearer_token cannot be combined with authorization");
+  if ((bt || btf) && basic && !is_null(basic->v))
+    return fail(L, (bt ? bt : btf)->k, "at most one of basic_auth and bearer_token may be set");
+  return 0;
+}
+
+/* ---- scrape_configs ---------------------------------------------------- */
+
+static int load_static_config(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  const pair_t *targets = map_find(&m, "targets"), *labels = map_find(&m, "labels");
+  for (size_t i = 0; i < m.n && rc == 0; i++)
+    if (strcmp(m.v[i].key, "targets") && strcmp(m.v[i].key, "labels")) {
+      size_t old = push_key(L, m.v[i].key);
+      rc = unsupported(L, &m.v[i]);
+      pop(L, old);
+    }
+  mg_kvs_t kvs = {0};
+  if (rc == 0 && labels) {
+    size_t old = push_key(L, "labels");
+    rc = get_kvs(L, labels->v, &kvs, true);
+    pop(L, old);
+  }
+  if (rc == 0 && targets) {
+    size_t old = push_key(L, "targets"), count;
+    yaml_node_item_t *items;
+    rc = get_seq(L, targets->v, &items, &count);
+    for (size_t i = 0; i < count && rc == 0; i++) {
+      size_t o2 = push_index(L, i);
+      yaml_node_t *t = item(L, items, i);
+      const char *addr = "";
+      if (j->ntargets >= MG_CONF_MAX_TARGETS)
+        rc = fail(L, t, "more than %d targets in one job", MG_CONF_MAX_TARGETS);
+      else if ((rc = spend(L, t, 1 + kvs.n)) == 0 && (rc = get_str(L, t, &addr)) == 0) {
+        mg_conf_target_t *tg = mg_conf_job_add_target(j, addr);
+        if (!tg) rc = oom(L, t);
+        for (size_t l = 0; l < kvs.n && rc == 0; l++)
+          if (mg_kvs_add(&tg->labels, kvs.v[l].name, kvs.v[l].value) < 0) rc = oom(L, t);
+      }
+      pop(L, o2);
+    }
+    pop(L, old);
+  }
+  mg_kvs_cleanup(&kvs);
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_params(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    size_t old = push_key(L, m.v[i].key), count;
+    yaml_node_item_t *items;
+    rc = get_seq(L, m.v[i].v, &items, &count);
+    for (size_t v = 0; v < count && rc == 0; v++) {
+      const char *s = "";
+      if (j->params.n >= MG_CONF_MAX_LABELS)
+        rc = fail(L, m.v[i].k, "more than %d values", MG_CONF_MAX_LABELS);
+      else if ((rc = get_str(L, item(L, items, v), &s)) == 0 && mg_kvs_add(&j->params, m.v[i].key, s) < 0)
+        rc = oom(L, m.v[i].k);
+    }
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
+  const char *k = p->key;
+  yaml_node_t *v = p->v;
+  int rc = 0;
+  uint64_t u;
+  if (is_null(v)) return 0;
+  if (!strcmp(k, "job_name")) return set_str(L, v, &j->name, false);
+  if (!strcmp(k, "scrape_interval")) return get_duration(L, v, &j->interval_ms);
+  if (!strcmp(k, "scrape_timeout")) return get_duration(L, v, &j->timeout_ms);
+  if (!strcmp(k, "metrics_path")) return set_str(L, v, &j->metrics_path, false);
+  if (!strcmp(k, "scheme")) {
+    const char *s = "";
+    if ((rc = get_str(L, v, &s)) < 0) return rc;
+    if (strcmp(s, "http") && strcmp(s, "https")) return fail(L, v, "must be http or https, not \"%.32s\"", s);
+    return set_str(L, v, &j->scheme, false);
+  }
+  if (!strcmp(k, "params")) return load_params(L, v, j);
+  if (!strcmp(k, "honor_labels")) return get_bool(L, v, &j->honor_labels);
+  if (!strcmp(k, "honor_timestamps")) return get_bool(L, v, &j->honor_timestamps);
+  if (!strcmp(k, "enable_compression")) return get_bool(L, v, &j->enable_compression);
+  if (!strcmp(k, "body_size_limit")) {
+    const char *s = "";
+    if ((rc = get_str(L, v, &s)) < 0) return rc;
+    if (mg_conf_parse_bytes(s, &j->body_size_limit) < 0)
+      return fail(L, v, "invalid size \"%.64s\" (use e.g. 10MB, 512KiB)", s);
+    return 0;
+  }
+  uint64_t *lim = !strcmp(k, "sample_limit")               ? &j->sample_limit
+                  : !strcmp(k, "label_limit")              ? &j->label_limit
+                  : !strcmp(k, "label_name_length_limit")  ? &j->label_name_length_limit
+                  : !strcmp(k, "label_value_length_limit") ? &j->label_value_length_limit
+                                                           : NULL;
+  if (lim) {
+    if ((rc = get_uint(L, v, UINT32_MAX, &u)) == 0) *lim = u;
+    return rc;
+  }
+  if (!strcmp(k, "static_configs")) {
+    size_t count;
+    yaml_node_item_t *items;
+    if ((rc = get_seq(L, v, &items, &count)) < 0) return rc;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+      size_t old = push_index(L, i);
+      rc = load_static_config(L, item(L, items, i), j);
+      pop(L, old);
+    }
+    return rc;
+  }
+  if (http_key(L, p, &j->auth, &j->tls, &rc)) return rc;
+  return unsupported(L, p);
+}
+
+static int track_line(loader_t *L, uint32_t **lines, size_t *cap, size_t index, uint32_t line) {
+  if (index >= *cap) {
+    size_t ncap = *cap ? *cap * 2 : 16;
+    uint32_t *v = mg_reallocarray(*lines, ncap, sizeof(*v));
+    if (!v) return MG_ENOMEM;
+    *lines = v;
+    *cap = ncap;
+  }
+  (*lines)[index] = line;
+  return 0;
+}
+
+static int load_job(loader_t *L, yaml_node_t *n) {
+  if (L->c->njobs >= MG_CONF_MAX_JOBS) return fail(L, n, "more than %d scrape jobs", MG_CONF_MAX_JOBS);
+  if (n->type != YAML_MAPPING_NODE) return fail(L, n, "expected a mapping, got %s", type_name(n));
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  mg_conf_job_t *j = mg_conf_add_job(L->c, NULL);
+  if (!j || track_line(L, &L->job_line, &L->job_line_cap, L->c->njobs - 1, line_of(n)) < 0) {
+    map_cleanup(&m);
+    return oom(L, n);
+  }
+  const pair_t *name = map_find(&m, "job_name");
+  if (!name || is_null(name->v)) rc = fail(L, n, "job_name is missing");
+  if (rc == 0) rc = check_auth_keys(L, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    size_t old = push_key(L, m.v[i].key);
+    rc = job_key(L, &m.v[i], j);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+/* ---- remote_write ------------------------------------------------------ */
+
+static int load_queue(loader_t *L, yaml_node_t *n, mg_conf_queue_t *q) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "capacity"))
+      rc = get_u32_pos(L, p->v, &q->capacity);
+    else if (!strcmp(p->key, "max_shards"))
+      rc = get_u32_pos(L, p->v, &q->max_shards);
+    else if (!strcmp(p->key, "min_shards"))
+      rc = get_u32_pos(L, p->v, &q->min_shards);
+    else if (!strcmp(p->key, "max_samples_per_send"))
+      rc = get_u32_pos(L, p->v, &q->max_samples_per_send);
+    else if (!strcmp(p->key, "batch_send_deadline"))
+      rc = get_duration_pos(L, p->v, &q->batch_send_deadline_ms);
+    else if (!strcmp(p->key, "min_backoff"))
+      rc = get_duration_pos(L, p->v, &q->min_backoff_ms);
+    else if (!strcmp(p->key, "max_backoff"))
+      rc = get_duration_pos(L, p->v, &q->max_backoff_ms);
+    else if (!strcmp(p->key, "retry_on_http_429"))
+      rc = get_bool(L, p->v, &q->retry_on_http_429);
+    else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_metadata(loader_t *L, yaml_node_t *n, mg_conf_dest_t *d) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "send"))
+      rc = get_bool(L, p->v, &d->send_metadata);
+    else if (!strcmp(p->key, "send_interval"))
+      rc = get_duration_pos(L, p->v, &d->metadata_send_interval_ms);
+    else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
+  const char *k = p->key;
+  yaml_node_t *v = p->v;
+  int rc = 0;
+  if (is_null(v)) return 0;
+  if (!strcmp(k, "url")) return set_str(L, v, &d->url, false);
+  if (!strcmp(k, "name")) return set_str(L, v, &d->name, false);
+  if (!strcmp(k, "remote_timeout")) return get_duration_pos(L, v, &d->remote_timeout_ms);
+  if (!strcmp(k, "headers")) return get_kvs(L, v, &d->headers, false);
+  if (!strcmp(k, "queue_config")) return load_queue(L, v, &d->queue);
+  if (!strcmp(k, "metadata_config")) return load_metadata(L, v, d);
+  if (!strcmp(k, "send_exemplars")) return only_value(L, p, false, "moongate sends no exemplars");
+  if (!strcmp(k, "send_native_histograms"))
+    return only_value(L, p, false, "moongate sends no native histograms");
+  if (http_key(L, p, &d->auth, &d->tls, &rc)) return rc;
+  return unsupported(L, p);
+}
+
+static int load_dest(loader_t *L, yaml_node_t *n) {
+  if (L->c->ndests >= MG_CONF_MAX_DESTS) return fail(L, n, "more than %d remote_write entries", MG_CONF_MAX_DESTS);
+  if (n->type != YAML_MAPPING_NODE) return fail(L, n, "expected a mapping, got %s", type_name(n));
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  mg_conf_dest_t *d = mg_conf_add_dest(L->c, NULL, MG_DEST_REMOTE_WRITE);
+  if (!d || track_line(L, &L->dest_line, &L->dest_line_cap, L->c->ndests - 1, line_of(n)) < 0) {
+    map_cleanup(&m);
+    return oom(L, n);
+  }
+  const pair_t *url = map_find(&m, "url");
+  if (!url || is_null(url->v)) rc = fail(L, n, "url is missing");
+  if (rc == 0) rc = check_auth_keys(L, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    size_t old = push_key(L, m.v[i].key);
+    rc = dest_key(L, &m.v[i], d);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+/* ---- top level --------------------------------------------------------- */
+
+static int load_global(loader_t *L, yaml_node_t *n) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    uint64_t ignored;
+    if (is_null(p->v))
+      ;
+    else if (!strcmp(p->key, "scrape_interval"))
+      rc = get_duration(L, p->v, &L->c->scrape_interval_ms);
+    else if (!strcmp(p->key, "scrape_timeout"))
+      rc = get_duration(L, p->v, &L->c->scrape_timeout_ms);
+    else if (!strcmp(p->key, "evaluation_interval")) /* no rules in moongate: checked, unused */
+      rc = get_duration(L, p->v, &ignored);
+    else if (!strcmp(p->key, "external_labels")) {
+      rc = get_kvs(L, p->v, &L->c->external_labels, true);
+      /* Prometheus expands $VAR in these values; moongate does not, so a
+       * value with '$' would silently differ. */
+      for (size_t e = 0; e < L->c->external_labels.n && rc == 0; e++)
+        if (strchr(L->c->external_labels.v[e].value, '$'))
+          rc = fail(L, p->v, "value of %s contains '$': environment expansion is not supported",
+                    L->c->external_labels.v[e].name);
+    } else
+      rc = fail(L, p->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+/* alerting is harmless only while it names no Alertmanager (the shape of
+ * the prometheus.yml Prometheus ships: one static_configs entry whose
+ * targets are commented out). With no rules there are no alerts anyway,
+ * but a configured Alertmanager suggests the user expects some. */
+static int no_alertmanager(loader_t *L, const yaml_node_t *at) {
+  return fail(L, at, "Alertmanagers are not supported (moongate evaluates no rules and sends no alerts)");
+}
+
+static int load_alertmanager(loader_t *L, yaml_node_t *n) {
+  map_t am;
+  int rc = get_map(L, n, &am);
+  for (size_t k = 0; k < am.n && rc == 0; k++) {
+    size_t old = push_key(L, am.v[k].key), nsc = 0;
+    yaml_node_item_t *scs = NULL;
+    if (strcmp(am.v[k].key, "static_configs"))
+      rc = no_alertmanager(L, am.v[k].k);
+    else
+      rc = get_seq(L, am.v[k].v, &scs, &nsc);
+    for (size_t s = 0; s < nsc && rc == 0; s++) {
+      map_t sc;
+      size_t o2 = push_index(L, s);
+      if ((rc = get_map(L, item(L, scs, s), &sc)) == 0) {
+        for (size_t t = 0; t < sc.n && rc == 0; t++)
+          if (strcmp(sc.v[t].key, "targets") || !is_empty_list(sc.v[t].v)) rc = no_alertmanager(L, sc.v[t].k);
+        map_cleanup(&sc);
+      }
+      pop(L, o2);
+    }
+    pop(L, old);
+  }
+  map_cleanup(&am);
+  return rc;
+}
+
+static int load_list(loader_t *L, const pair_t *p, int (*one)(loader_t *, yaml_node_t *));
+
+static int load_alerting(loader_t *L, yaml_node_t *n) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    size_t old = push_key(L, m.v[i].key);
+    if (!strcmp(m.v[i].key, "alertmanagers"))
+      rc = load_list(L, &m.v[i], load_alertmanager);
+    else
+      rc = unsupported(L, &m.v[i]);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_list(loader_t *L, const pair_t *p, int (*one)(loader_t *, yaml_node_t *)) {
+  size_t count;
+  yaml_node_item_t *items;
+  int rc = get_seq(L, p->v, &items, &count);
+  for (size_t i = 0; i < count && rc == 0; i++) {
+    size_t old = push_index(L, i);
+    rc = one(L, item(L, items, i));
+    pop(L, old);
+  }
+  return rc;
+}
+
+static int load_root(loader_t *L, yaml_node_t *root) {
+  map_t m;
+  if (root && root->type != YAML_MAPPING_NODE && !is_null(root))
+    return fail(L, root, "expected a mapping at the top of the file, got %s", type_name(root));
+  int rc = get_map(L, root, &m);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    const pair_t *p = &m.v[i];
+    size_t old = push_key(L, p->key);
+    if (!strcmp(p->key, "global"))
+      rc = load_global(L, p->v);
+    else if (!strcmp(p->key, "scrape_configs"))
+      rc = load_list(L, p, load_job);
+    else if (!strcmp(p->key, "remote_write"))
+      rc = load_list(L, p, load_dest);
+    else if (!strcmp(p->key, "alerting"))
+      rc = load_alerting(L, p->v);
+    else
+      rc = unsupported(L, p);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static void yaml_problem(const yaml_parser_t *P, const char *name, mg_conf_error_t *err) {
+  const char *what = P->problem ? P->problem : "malformed YAML";
+  if (P->context)
+    set_err(err, name, (uint32_t)P->problem_mark.line + 1, "YAML: %s %s (from line %zu)", what, P->context,
+            P->context_mark.line + 1);
+  else
+    set_err(err, name, (uint32_t)P->problem_mark.line + 1, "YAML: %s", what);
+}
+
+int mg_promyml_load_buf(const char *yaml, size_t len, const char *name, mg_conf_t **out, mg_conf_error_t *err) {
+  *out = NULL;
+  if (!name) name = "prometheus.yml";
+  if (len > MG_PROMYML_MAX_BYTES) {
+    set_err(err, name, 0, "file larger than %u MiB", MG_PROMYML_MAX_BYTES >> 20);
+    return MG_ETOOBIG;
+  }
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) {
+    set_err(err, name, 0, "out of memory");
+    return MG_ENOMEM;
+  }
+  yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+  loader_t L = {.err = err, .name = name};
+  int rc = 0;
+  if (!yaml_parser_load(&parser, &L.doc)) {
+    yaml_problem(&parser, name, err);
+    rc = parser.error == YAML_MEMORY_ERROR ? MG_ENOMEM : MG_ECONFIG;
+    yaml_parser_delete(&parser);
+    return rc;
+  }
+  /* Go's yaml.v2 reads the first document only; refuse the rest rather
+   * than ignore part of the file. */
+  yaml_document_t extra;
+  if (!yaml_parser_load(&parser, &extra)) {
+    yaml_problem(&parser, name, err);
+    rc = parser.error == YAML_MEMORY_ERROR ? MG_ENOMEM : MG_ECONFIG;
+  } else {
+    yaml_node_t *second = yaml_document_get_root_node(&extra);
+    if (second) {
+      set_err(err, name, line_of(second), "only one YAML document is supported (found a second one)");
+      rc = MG_ECONFIG;
+    }
+    yaml_document_delete(&extra);
+  }
+  yaml_parser_delete(&parser);
+  if (rc == 0 && !(L.c = mg_conf_new(name, MG_CONF_PROMYML))) {
+    set_err(err, name, 0, "out of memory");
+    rc = MG_ENOMEM;
+  }
+  if (rc == 0) rc = load_root(&L, yaml_document_get_root_node(&L.doc));
+  if (rc == 0) {
+    mg_conf_at_t at;
+    size_t index;
+    rc = mg_conf_finish_at(L.c, err, &at, &index);
+    if (rc < 0 && err) {
+      snprintf(err->file, sizeof(err->file), "%s", name);
+      if (at == MG_CONF_AT_JOB && index < L.c->njobs) err->line = L.job_line[index];
+      if (at == MG_CONF_AT_DEST && index < L.c->ndests) err->line = L.dest_line[index];
+    }
+  }
+  yaml_document_delete(&L.doc);
+  mg_free(L.job_line);
+  mg_free(L.dest_line);
+  if (rc < 0) {
+    mg_conf_free(L.c);
+    return rc;
+  }
+  *out = L.c;
+  return 0;
+}
+
+int mg_promyml_load(const char *path, mg_conf_t **out, mg_conf_error_t *err) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    set_err(err, path, 0, "cannot open: %s", strerror(errno));
+    return MG_EIO;
+  }
+  /* Read one byte past the cap to tell "exactly at the cap" from "over". */
+  char *buf = mg_malloc(MG_PROMYML_MAX_BYTES + 1);
+  if (!buf) {
+    fclose(f);
+    set_err(err, path, 0, "out of memory");
+    return MG_ENOMEM;
+  }
+  size_t n = fread(buf, 1, MG_PROMYML_MAX_BYTES + 1, f);
+  int rc = 0;
+  if (ferror(f)) {
+    set_err(err, path, 0, "cannot read: %s", strerror(errno));
+    rc = MG_EIO;
+  } else if (n > MG_PROMYML_MAX_BYTES) {
+    set_err(err, path, 0, "file larger than %u MiB", MG_PROMYML_MAX_BYTES >> 20);
+    rc = MG_ETOOBIG;
+  }
+  fclose(f);
+  if (rc == 0) rc = mg_promyml_load_buf(buf, n, path, out, err);
+  /* The file may hold passwords and tokens. */
+  mg_mem_wipe(buf, n);
+  mg_free(buf);
+  return rc;
+}
