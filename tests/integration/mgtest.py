@@ -804,7 +804,8 @@ class FakeReceiver:
     """A remote-write 1.0 endpoint on loopback that decodes every request,
     records wire-format violations, and keeps all samples by series."""
 
-    def __init__(self):
+    def __init__(self, ua_prefix="moongate/"):
+        self.ua_prefix = ua_prefix
         self.lock = threading.Lock()
         self.samples = {}       # series_key -> [(ts_ms, value)]
         self.requests = 0
@@ -851,7 +852,7 @@ class FakeReceiver:
             for k, v in want.items():
                 if h.get(k) != v:
                     self._violation(f"header {k}: {h.get(k)!r} != {v!r}")
-            if not h.get("user-agent", "").startswith("moongate/"):
+            if not h.get("user-agent", "").startswith(self.ua_prefix):
                 self._violation(f"user-agent {h.get('user-agent')!r}")
             try:
                 req = decode_write_request(snappy_decompress(body))
@@ -890,6 +891,140 @@ class FakeReceiver:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ---------------------------------------------------------------- fake targets
+
+_BIG_BODY = None
+
+
+def big_body(nbytes):
+    """A valid exposition of at least nbytes, unique series (cached)."""
+    global _BIG_BODY
+    if _BIG_BODY is None or len(_BIG_BODY) < nbytes:
+        line_len = len('big_metric{i="00000000"} 1\n')
+        n = nbytes // line_len + 1
+        _BIG_BODY = "".join(f'big_metric{{i="{i:08d}"}} 1\n' for i in range(n)).encode()
+    return _BIG_BODY
+
+
+class FakeTarget:
+    """A scrape target on its own loopback port, speaking raw HTTP/1.1 so it
+    can misbehave. Modes:
+      good     200, a small valid exposition; good_requests_total counts requests
+      garbage  200, two valid lines then `this is not { exposition` (line 3)
+      big      200, a valid body of `big_bytes` bytes
+      cut      200, Content-Length 100000, 1000 bytes sent, then close
+      hung     reads the request, never answers (keeps the socket open)
+    `mode` may be changed while running (a good target going bad)."""
+
+    GARBAGE = b"good_metric 1\nanother_metric 2\nthis is not { exposition\n"
+
+    def __init__(self, mode, big_bytes=50 * 1000 * 1000):
+        self.mode = mode
+        self.big_bytes = big_bytes
+        self.requests = 0
+        self.stopping = False
+        self.conns = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        if mode == "big":
+            big_body(big_bytes)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def __repr__(self):
+        return f"FakeTarget({self.mode}@{self.addr})"
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _read_request(self, conn, buf):
+        while b"\r\n\r\n" not in buf:
+            d = conn.recv(65536)
+            if not d:
+                return None, b""
+            buf += d
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        return head, rest
+
+    def _serve(self, conn):
+        buf = b""
+        try:
+            conn.settimeout(120)
+            while not self.stopping:
+                head, buf = self._read_request(conn, buf)
+                if head is None:
+                    return
+                with self.lock:
+                    self.requests += 1
+                    n = self.requests
+                mode = self.mode
+                if mode == "hung":
+                    while not self.stopping and conn.recv(65536):
+                        pass
+                    return
+                if mode == "good":
+                    body = (f"# HELP good_requests_total Requests served.\n# TYPE good_requests_total counter\n"
+                            f"good_requests_total {n}\n"
+                            f'good_gauge{{kind="a"}} 1.5\ngood_gauge{{kind="b"}} -2\n').encode()
+                    self._respond(conn, body)
+                elif mode == "flip":
+                    self._respond(conn, b'flip_metric{side="x"} 7\n')
+                elif mode == "garbage":
+                    self._respond(conn, self.GARBAGE)
+                elif mode == "big":
+                    self._respond(conn, big_body(self.big_bytes)[:self.big_bytes])
+                elif mode == "cut":
+                    body = big_body(1000)[:1000]
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                                 b"Content-Length: 100000\r\n\r\n" + body)
+                    return
+        except OSError:
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _respond(self, conn, body):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        mv = memoryview(body)
+        for i in range(0, len(body), 1 << 20):
+            if self.stopping:
+                raise OSError("stopping")
+            conn.sendall(mv[i:i + (1 << 20)])
+
+    def stop(self):
+        self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                try:
+                    c.close()
+                except OSError:
+                    pass
 
 
 # ---------------------------------------------------------------- logs
