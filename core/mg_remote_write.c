@@ -1,0 +1,534 @@
+/* mg_remote_write: per-destination shards. Each shard has an open batch
+ * (a WriteRequest body under construction), a FIFO of sealed, snappy-
+ * compressed requests, and at most one request in flight, so the samples
+ * of one series are delivered in order. Sizes: the FIFO of all shards is
+ * bounded by MAX_QUEUED_BYTES; past it the oldest batch is dropped. */
+#include "mg_remote_write.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mg_auth.h"
+#include "mg_err.h"
+#include "mg_log.h"
+#include "mg_loop.h"
+#include "mg_mem.h"
+#include "mg_metrics.h"
+#include "mg_sink.h"
+#include "mg_wire.h"
+
+/* In-memory budget of compressed requests per destination. At ~48 bytes
+ * per sample on the wire this holds ~5.5 M samples (minutes of a large
+ * fleet's data) before the oldest batch is dropped. */
+#define MAX_QUEUED_BYTES (256u << 20)
+/* A Retry-After beyond this is treated as this (a misconfigured receiver
+ * must not park a destination for hours). */
+#define MAX_RETRY_AFTER_MS (5u * 60u * 1000u)
+#define MAX_ERROR_BODY_LOG 512
+
+typedef struct record {
+  struct record *next;
+  uint32_t nsamples;
+  size_t len;
+  char *data;
+} record_t;
+
+typedef struct shard {
+  mg_dest_t *d;
+  uint32_t idx;
+  mg_buf_t open;
+  uint32_t open_samples;
+  uv_timer_t batch_timer; /* batch_send_deadline */
+  uv_timer_t retry_timer; /* backoff */
+  record_t *head, *tail;
+  mg_http_req_t *req; /* non-NULL while head is in flight */
+  uint32_t attempts;
+  int backing_off;
+} shard_t;
+
+struct mg_dest {
+  uv_loop_t *loop;
+  mg_http_client_t *http;
+  const mg_conf_dest_t *conf;
+  mg_sink_t *sink; /* MG_DEST_STDOUT / MG_DEST_FILE */
+  shard_t *shards;
+  uint32_t nshards;
+  mg_http_header_t *headers;
+  size_t nheaders;
+  char *auth_value; /* secret: "Basic …" or "<type> <credentials>" */
+  size_t queued_bytes;
+  uint64_t pending_samples;
+  /* lifecycle */
+  int closing, draining;
+  unsigned refs; /* open handles + requests in flight + 1 while not freed */
+  uv_timer_t drain_timer;
+  int drain_timer_active;
+  uint64_t drain_deadline;
+  void (*drain_done)(void *ud);
+  void *drain_ud;
+  unsigned long long last_err_log_ms;
+  /* metrics */
+  mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
+      *m_drop_sink, *m_last_success;
+};
+
+static void dest_unref(mg_dest_t *d);
+static void kick(shard_t *s);
+static void check_drained(mg_dest_t *d);
+
+static mg_metric_t *metric_or_dummy(mg_metric_t *m) { return m ? m : mg_metrics_dummy(); }
+
+static mg_metric_t *dropped_metric(const char *dest, const char *reason) {
+  return metric_or_dummy(mg_metrics_counter("moongate_remote_write_samples_dropped_total",
+                                            "Samples dropped and never delivered, by reason.", "destination", dest,
+                                            "reason", reason, NULL));
+}
+
+static void on_handle_closed(uv_handle_t *h) { dest_unref(h->data); }
+
+mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err) {
+  mg_dest_t *d = mg_calloc(1, sizeof *d);
+  if (!d) {
+    *err = MG_ENOMEM;
+    return NULL;
+  }
+  d->loop = loop;
+  d->http = http;
+  d->conf = conf;
+  d->refs = 1;
+  int rc = 0;
+  if (conf->kind == MG_DEST_STDOUT || conf->kind == MG_DEST_FILE) {
+    d->sink = mg_sink_new(loop, conf->kind == MG_DEST_FILE ? conf->path : NULL, &rc);
+    if (!d->sink) goto fail;
+  } else {
+    rc = mg_auth_header(&conf->auth, &d->auth_value);
+    if (rc) {
+      MG_ERROR("remote_write", "auth_setup_failed", "destination=%s err=%s hint=\"check password_file/credentials_file\"",
+               conf->name, mg_err_name(rc));
+      goto fail;
+    }
+    size_t nh = 3 + conf->headers.n + (d->auth_value ? 1 : 0);
+    d->headers = mg_calloc(nh, sizeof *d->headers);
+    if (!d->headers) {
+      rc = MG_ENOMEM;
+      goto fail;
+    }
+    /* The headers remote write 1.0 requires. */
+    d->headers[d->nheaders++] = (mg_http_header_t){"Content-Encoding", "snappy"};
+    d->headers[d->nheaders++] = (mg_http_header_t){"Content-Type", "application/x-protobuf"};
+    d->headers[d->nheaders++] = (mg_http_header_t){"X-Prometheus-Remote-Write-Version", "0.1.0"};
+    for (size_t i = 0; i < conf->headers.n; i++)
+      d->headers[d->nheaders++] = (mg_http_header_t){conf->headers.v[i].name, conf->headers.v[i].value};
+    if (d->auth_value) d->headers[d->nheaders++] = (mg_http_header_t){"Authorization", d->auth_value};
+  }
+  /* Shard count is fixed for the life of the destination (min_shards);
+   * adaptive resharding must keep per-series order and arrives with the
+   * reliability work. */
+  d->nshards = d->sink ? 1 : (conf->queue.min_shards ? conf->queue.min_shards : 1);
+  d->shards = mg_calloc(d->nshards, sizeof *d->shards);
+  if (!d->shards) {
+    rc = MG_ENOMEM;
+    goto fail;
+  }
+  size_t batch_limit = 64u << 20;
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    s->d = d;
+    s->idx = i;
+    mg_buf_init(&s->open, batch_limit);
+    uv_timer_init(loop, &s->batch_timer);
+    uv_timer_init(loop, &s->retry_timer);
+    s->batch_timer.data = s->retry_timer.data = d;
+    d->refs += 2;
+  }
+  uv_timer_init(loop, &d->drain_timer);
+  d->drain_timer.data = d;
+  d->refs++;
+  const char *n = conf->name;
+  d->m_sent = metric_or_dummy(mg_metrics_counter("moongate_remote_write_samples_sent_total",
+                                                 "Samples delivered (2xx from the receiver, or written by a local sink).",
+                                                 "destination", n, NULL));
+  d->m_bytes = metric_or_dummy(mg_metrics_counter("moongate_remote_write_bytes_sent_total",
+                                                  "Request body bytes delivered (compressed).", "destination", n, NULL));
+  d->m_retries = metric_or_dummy(mg_metrics_counter("moongate_remote_write_retries_total",
+                                                    "Requests retried after a 5xx, 429 or network error.", "destination",
+                                                    n, NULL));
+  d->m_pending = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_samples_pending",
+                                                  "Samples accepted and not yet delivered.", "destination", n, NULL));
+  d->m_last_success = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_last_success_timestamp_seconds",
+                                                       "Time of the last delivered request.", "destination", n, NULL));
+  d->m_drop_full = dropped_metric(n, "queue_full");
+  d->m_drop_4xx = dropped_metric(n, "http_4xx");
+  d->m_drop_shutdown = dropped_metric(n, "shutdown");
+  d->m_drop_sink = dropped_metric(n, "sink_error");
+  return d;
+fail:
+  mg_sink_free(d->sink);
+  mg_mem_free_secret(d->auth_value);
+  mg_free(d->headers);
+  mg_free(d);
+  *err = rc;
+  return NULL;
+}
+
+const char *mg_dest_name(const mg_dest_t *d) { return d->conf->name; }
+
+static void set_pending(mg_dest_t *d, int64_t delta) {
+  d->pending_samples = (uint64_t)((int64_t)d->pending_samples + delta);
+  mg_metric_set(d->m_pending, (double)d->pending_samples);
+}
+
+static void free_record(record_t *r) {
+  if (!r) return;
+  mg_free(r->data);
+  mg_free(r);
+}
+
+/* Drop the oldest queued batches of s (never the one in flight) until
+ * `need` more bytes fit. */
+static int make_room(shard_t *s, size_t need) {
+  mg_dest_t *d = s->d;
+  while (d->queued_bytes + need > MAX_QUEUED_BYTES) {
+    record_t **pp = s->req ? &s->head->next : &s->head;
+    record_t *victim = *pp;
+    if (!victim) return -1;
+    *pp = victim->next;
+    if (s->tail == victim) s->tail = s->req ? s->head : NULL;
+    d->queued_bytes -= victim->len;
+    mg_metric_add(d->m_drop_full, victim->nsamples);
+    set_pending(d, -(int64_t)victim->nsamples);
+    if (mg_log_ratelimit(&d->last_err_log_ms, (unsigned long long)uv_now(d->loop), 10000))
+      MG_WARN("remote_write", "queue_full", "destination=%s dropped_samples=%u hint=\"receiver too slow or down\"",
+              d->conf->name, victim->nsamples);
+    free_record(victim);
+  }
+  return 0;
+}
+
+static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
+  mg_dest_t *d = s->d;
+  record_t *r = mg_malloc(sizeof *r);
+  if (!r || make_room(s, len) != 0) {
+    mg_free(r);
+    mg_free(data);
+    mg_metric_add(d->m_drop_full, nsamples);
+    set_pending(d, -(int64_t)nsamples);
+    return;
+  }
+  r->next = NULL;
+  r->nsamples = nsamples;
+  r->len = len;
+  r->data = data;
+  if (s->tail) s->tail->next = r;
+  else s->head = r;
+  s->tail = r;
+  d->queued_bytes += len;
+  kick(s);
+}
+
+/* Close the open batch: hand it to the sink, or compress and queue it. */
+static void seal(shard_t *s) {
+  mg_dest_t *d = s->d;
+  uv_timer_stop(&s->batch_timer);
+  if (!s->open.len) return;
+  uint32_t n = s->open_samples;
+  if (d->sink) {
+    int rc = mg_sink_write(d->sink, s->open.data, s->open.len);
+    if (rc < 0) mg_metric_add(d->m_drop_sink, n);
+    else {
+      mg_metric_add(d->m_sent, n);
+      mg_metric_add(d->m_bytes, (double)s->open.len);
+    }
+    set_pending(d, -(int64_t)n);
+  } else {
+    mg_buf_t c;
+    mg_buf_init(&c, 0);
+    if (mg_wire_snappy_compress(s->open.data, s->open.len, &c) != 0) {
+      mg_buf_cleanup(&c);
+      mg_metric_add(d->m_drop_full, n);
+      set_pending(d, -(int64_t)n);
+    } else {
+      size_t len;
+      char *data = mg_buf_steal(&c, &len);
+      enqueue(s, data, len, n);
+    }
+  }
+  mg_buf_reset(&s->open);
+  s->open_samples = 0;
+}
+
+static void on_batch_deadline(uv_timer_t *t) {
+  mg_dest_t *d = t->data;
+  shard_t *s = (shard_t *)((char *)t - offsetof(shard_t, batch_timer));
+  (void)d;
+  seal(s);
+}
+
+int mg_dest_append(mg_dest_t *d, uint64_t series_hash, const void *entry, size_t len, uint32_t nsamples) {
+  if (d->closing) return MG_ECLOSED;
+  shard_t *s = &d->shards[d->nshards == 1 ? 0 : (series_hash >> 32) % d->nshards];
+  if (s->open.len == 0) {
+    uv_timer_start(&s->batch_timer, on_batch_deadline, d->conf->queue.batch_send_deadline_ms, 0);
+  }
+  int rc = mg_buf_append(&s->open, entry, len);
+  if (rc) {
+    mg_metric_add(d->m_drop_full, nsamples);
+    return rc;
+  }
+  s->open_samples += nsamples;
+  set_pending(d, nsamples);
+  if (s->open_samples >= d->conf->queue.max_samples_per_send) seal(s);
+  return 0;
+}
+
+bool mg_dest_wants_metadata(const mg_dest_t *d) { return d->conf->send_metadata && !d->closing; }
+
+int mg_dest_send_metadata(mg_dest_t *d, const void *body, size_t len) {
+  if (d->closing) return MG_ECLOSED;
+  if (d->sink) return mg_sink_write(d->sink, body, len) < 0 ? MG_EIO : 0;
+  mg_buf_t c;
+  mg_buf_init(&c, 0);
+  int rc = mg_wire_snappy_compress(body, len, &c);
+  if (rc) {
+    mg_buf_cleanup(&c);
+    return rc;
+  }
+  size_t clen;
+  char *data = mg_buf_steal(&c, &clen);
+  enqueue(&d->shards[0], data, clen, 0);
+  return 0;
+}
+
+void mg_dest_flush(mg_dest_t *d) {
+  for (uint32_t i = 0; i < d->nshards; i++) seal(&d->shards[i]);
+}
+
+uint64_t mg_dest_pending_samples(const mg_dest_t *d) { return d->pending_samples; }
+
+/* Retry-After: delay-seconds or an HTTP-date (RFC 9110). Returns ms, or 0. */
+static uint64_t parse_retry_after(const char *v) {
+  if (!v) return 0;
+  while (*v == ' ') v++;
+  if (*v >= '0' && *v <= '9') {
+    char *end;
+    unsigned long long secs = strtoull(v, &end, 10);
+    if (secs > MAX_RETRY_AFTER_MS / 1000) return MAX_RETRY_AFTER_MS;
+    return secs * 1000;
+  }
+  struct tm tm;
+  memset(&tm, 0, sizeof tm);
+  if (!strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) return 0;
+  time_t when = timegm(&tm);
+  int64_t delta = (int64_t)when * 1000 - mg_wall_ms();
+  if (delta <= 0) return 0;
+  return (uint64_t)delta > MAX_RETRY_AFTER_MS ? MAX_RETRY_AFTER_MS : (uint64_t)delta;
+}
+
+static void on_retry_timer(uv_timer_t *t) {
+  shard_t *s = (shard_t *)((char *)t - offsetof(shard_t, retry_timer));
+  s->backing_off = 0;
+  kick(s);
+}
+
+static void schedule_retry(shard_t *s, uint64_t retry_after_ms) {
+  mg_dest_t *d = s->d;
+  const mg_conf_queue_t *q = &d->conf->queue;
+  uint64_t delay = q->min_backoff_ms ? q->min_backoff_ms : 1;
+  for (uint32_t i = 0; i < s->attempts && delay < q->max_backoff_ms; i++) delay *= 2;
+  if (delay > q->max_backoff_ms) delay = q->max_backoff_ms;
+  /* Jitter in [delay/2, delay] so shards and replicas do not retry in step. */
+  delay = delay / 2 + (uint64_t)(rand() % (int)(delay / 2 + 1));
+  if (retry_after_ms > delay) delay = retry_after_ms;
+  s->attempts++;
+  s->backing_off = 1;
+  mg_metric_inc(d->m_retries);
+  uv_timer_start(&s->retry_timer, on_retry_timer, delay, 0);
+}
+
+static void pop_head(shard_t *s) {
+  record_t *r = s->head;
+  s->head = r->next;
+  if (!s->head) s->tail = NULL;
+  s->d->queued_bytes -= r->len;
+  free_record(r);
+}
+
+static void on_response(void *ud, int err, const char *detail, mg_http_response_t *resp) {
+  shard_t *s = ud;
+  mg_dest_t *d = s->d;
+  s->req = NULL;
+  record_t *r = s->head;
+  if (err == MG_ECANCELED || d->closing) {
+    dest_unref(d);
+    return;
+  }
+  char code[16];
+  snprintf(code, sizeof code, "%d", err ? 0 : resp->status);
+  if (!err) {
+    mg_metric_t *m = mg_metrics_counter("moongate_remote_write_requests_total",
+                                        "Remote write requests by HTTP status (0: no response).", "destination",
+                                        d->conf->name, "code", code, NULL);
+    if (m) mg_metric_inc(m);
+  }
+  unsigned long long now = (unsigned long long)uv_now(d->loop);
+  if (!err && resp->status >= 200 && resp->status < 300) {
+    mg_metric_add(d->m_sent, r->nsamples);
+    mg_metric_add(d->m_bytes, (double)r->len);
+    mg_metric_set(d->m_last_success, (double)mg_wall_ms() / 1000.0);
+    set_pending(d, -(int64_t)r->nsamples);
+    s->attempts = 0;
+    pop_head(s);
+  } else if (err || resp->status >= 500 || (resp->status == 429 && d->conf->queue.retry_on_http_429)) {
+    uint64_t ra = err ? 0 : parse_retry_after(mg_http_response_header(resp, "retry-after"));
+    if (mg_log_ratelimit(&d->last_err_log_ms, now, 10000)) {
+      if (err)
+        MG_WARN("remote_write", "send_failed", "destination=%s err=%s detail=\"%s\" attempt=%u", d->conf->name,
+                mg_err_name(err), detail ? detail : "", s->attempts + 1);
+      else
+        MG_WARN("remote_write", "send_retry", "destination=%s status=%d attempt=%u retry_after_ms=%llu", d->conf->name,
+                resp->status, s->attempts + 1, (unsigned long long)ra);
+    }
+    schedule_retry(s, ra);
+  } else {
+    /* Other 4xx: the receiver refuses this batch for good; resending it
+     * would fail the same way and block the shard. */
+    char msg[MAX_ERROR_BODY_LOG + 16];
+    size_t n = resp->body ? resp->body->len : 0;
+    if (n > MAX_ERROR_BODY_LOG) n = MAX_ERROR_BODY_LOG;
+    mg_log_q(msg, sizeof msg, resp->body ? resp->body->data : "", n);
+    if (mg_log_ratelimit(&d->last_err_log_ms, now, 10000))
+      MG_ERROR("remote_write", "batch_rejected", "destination=%s status=%d samples=%u message=%s", d->conf->name,
+               resp->status, r->nsamples, msg);
+    mg_metric_add(d->m_drop_4xx, r->nsamples);
+    set_pending(d, -(int64_t)r->nsamples);
+    s->attempts = 0;
+    pop_head(s);
+  }
+  dest_unref(d);
+  kick(s);
+  check_drained(d);
+}
+
+static void kick(shard_t *s) {
+  mg_dest_t *d = s->d;
+  if (d->closing || s->req || s->backing_off || !s->head) return;
+  record_t *r = s->head;
+  mg_http_request_t req = {
+      .method = "POST",
+      .url = d->conf->url,
+      .headers = d->headers,
+      .nheaders = d->nheaders,
+      .body = r->data,
+      .body_len = r->len,
+      .timeout_ms = d->conf->remote_timeout_ms,
+      .max_body = 1u << 20,
+  };
+  mg_http_tls_opts_t tls = {
+      .ca_file = d->conf->tls.ca_file,
+      .cert_file = d->conf->tls.cert_file,
+      .key_file = d->conf->tls.key_file,
+      .server_name = d->conf->tls.server_name,
+      .insecure_skip_verify = d->conf->tls.insecure_skip_verify,
+  };
+  req.tls = &tls;
+  d->refs++;
+  int rc = mg_http_client_request(d->http, &req, on_response, s, &s->req);
+  if (rc) {
+    d->refs--;
+    s->req = NULL;
+    MG_ERROR("remote_write", "request_invalid", "destination=%s err=%s", d->conf->name, mg_err_name(rc));
+    schedule_retry(s, 0);
+  }
+}
+
+static void finish_drain(mg_dest_t *d) {
+  if (!d->draining) return;
+  d->draining = 0;
+  if (d->drain_timer_active) {
+    uv_timer_stop(&d->drain_timer);
+    d->drain_timer_active = 0;
+  }
+  void (*done)(void *) = d->drain_done;
+  d->drain_done = NULL;
+  if (done) done(d->drain_ud);
+}
+
+static void check_drained(mg_dest_t *d) {
+  if (!d->draining) return;
+  for (uint32_t i = 0; i < d->nshards; i++)
+    if (d->shards[i].head || d->shards[i].req || d->shards[i].open.len) return;
+  if (d->sink && mg_sink_pending(d->sink)) return;
+  finish_drain(d);
+}
+
+/* One timer polls the drain: responses finish it early through
+ * check_drained, local sinks finish their writes without telling us, and
+ * the deadline bounds everything. */
+static void on_drain_tick(uv_timer_t *t) {
+  mg_dest_t *d = t->data;
+  d->drain_timer_active = 0;
+  check_drained(d);
+  if (!d->draining) return;
+  if (uv_now(d->loop) < d->drain_deadline) {
+    d->drain_timer_active = 1;
+    uv_timer_start(t, on_drain_tick, 20, 0);
+    return;
+  }
+  if (d->pending_samples) {
+    MG_WARN("remote_write", "drain_incomplete", "destination=%s undelivered_samples=%llu", d->conf->name,
+            (unsigned long long)d->pending_samples);
+    mg_metric_add(d->m_drop_shutdown, (double)d->pending_samples);
+  }
+  finish_drain(d);
+}
+
+void mg_dest_drain(mg_dest_t *d, uint64_t deadline_ms, void (*done)(void *ud), void *ud) {
+  d->draining = 1;
+  d->drain_done = done;
+  d->drain_ud = ud;
+  d->drain_deadline = uv_now(d->loop) + deadline_ms;
+  mg_dest_flush(d);
+  /* Stop waiting out backoffs: try now, the deadline bounds the rest. */
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    if (s->backing_off) {
+      uv_timer_stop(&s->retry_timer);
+      s->backing_off = 0;
+    }
+    kick(s);
+  }
+  d->drain_timer_active = 1;
+  uv_timer_start(&d->drain_timer, on_drain_tick, 0, 0);
+}
+
+static void dest_unref(mg_dest_t *d) {
+  if (--d->refs) return;
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    while (s->head) pop_head(s);
+    mg_buf_cleanup(&s->open);
+  }
+  mg_free(d->shards);
+  mg_free(d->headers);
+  mg_mem_free_secret(d->auth_value);
+  mg_free(d);
+}
+
+void mg_dest_free(mg_dest_t *d) {
+  if (!d) return;
+  d->closing = 1;
+  d->draining = 0;
+  mg_sink_free(d->sink);
+  d->sink = NULL;
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    if (s->req) mg_http_client_cancel(s->req);
+    uv_close((uv_handle_t *)&s->batch_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
+  }
+  uv_close((uv_handle_t *)&d->drain_timer, on_handle_closed);
+  dest_unref(d);
+}

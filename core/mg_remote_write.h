@@ -1,0 +1,49 @@
+/* mg_remote_write: one destination ("workspace"): sharded batching of
+ * encoded series, snappy, bounded in-memory queue of ready requests, HTTP
+ * POST per remote write 1.0 with retries (exponential backoff with jitter,
+ * Retry-After) on 5xx/429/network errors, and no retry on other 4xx. Local
+ * sinks (stdout, file) share the batching and skip the network. Owns its
+ * timers, queued batches and metrics; borrows the loop and HTTP client. */
+#ifndef MG_REMOTE_WRITE_H
+#define MG_REMOTE_WRITE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "mg_conf.h"
+#include "mg_http_client.h"
+
+typedef struct mg_dest mg_dest_t;
+
+/* conf is borrowed for the lifetime of the destination. */
+mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err);
+const char *mg_dest_name(const mg_dest_t *d);
+
+/* Hot path: append one encoded WriteRequest `timeseries` entry holding
+ * nsamples samples (from mg_wire_append_series) to the shard chosen by
+ * series_hash, so each series always travels through the same shard, in
+ * order. Seals the batch at max_samples_per_send. Never blocks; when the
+ * queue is full the oldest batch is dropped and counted. */
+int mg_dest_append(mg_dest_t *d, uint64_t series_hash, const void *entry, size_t len, uint32_t nsamples);
+
+/* Queue a metadata-only WriteRequest body (field 3 entries). */
+bool mg_dest_wants_metadata(const mg_dest_t *d);
+int mg_dest_send_metadata(mg_dest_t *d, const void *body, size_t len);
+
+/* Seal every open batch now. */
+void mg_dest_flush(mg_dest_t *d);
+/* Samples accepted and not yet delivered (open batches + queue + in flight). */
+uint64_t mg_dest_pending_samples(const mg_dest_t *d);
+
+/* Shutdown: seal, keep sending until everything is delivered or
+ * deadline_ms passed, then call done (deferred, exactly once). What is left
+ * is counted as dropped with reason "shutdown" (the durable buffer of a
+ * later version keeps it instead). */
+void mg_dest_drain(mg_dest_t *d, uint64_t deadline_ms, void (*done)(void *ud), void *ud);
+/* Stop everything, free in the last close callback. In-flight requests are
+ * canceled. */
+void mg_dest_free(mg_dest_t *d);
+
+#endif

@@ -1,0 +1,828 @@
+/* mg_scrape: targets, their timers and series tables, and the per-sample
+ * hot path. Encoded series of one scrape are staged in one buffer and
+ * handed to the destinations only when the whole body parsed, so a failed
+ * scrape leaves nothing half-written. Staging and label scratch are shared
+ * by all targets: callbacks run one at a time on the loop. */
+#include "mg_scrape.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mg_auth.h"
+#include "mg_err.h"
+#include "mg_log.h"
+#include "mg_loop.h"
+#include "mg_mem.h"
+#include "mg_metrics.h"
+#include "mg_parse.h"
+#include "mg_series.h"
+#include "mg_wire.h"
+
+/* The Accept header Prometheus 2.42 sends, so targets answer moongate in
+ * the same format they answer Prometheus. */
+#define ACCEPT_HEADER                                                                                         \
+  "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;" \
+  "version=0.0.4;q=0.5,*/*;q=0.1"
+#define MAX_IDLE_BODIES 2
+#define MAX_TARGET_LABELS 64
+/* Final label count of one series: parsed + target + external labels. */
+#define MAX_SERIES_LABELS (MG_PARSE_MAX_LABELS + 2 * MAX_TARGET_LABELS + 1)
+
+typedef struct job_metrics {
+  mg_metric_t *ok, *fail, *samples, *up, *down;
+} job_metrics_t;
+
+typedef struct target {
+  struct mg_scrape *s;
+  const mg_conf_job_t *job;
+  job_metrics_t *jm;
+  size_t index;
+  char *url;
+  char *instance;
+  mg_label_t labels[MAX_TARGET_LABELS]; /* sorted; strings owned by `strings` */
+  size_t nlabels;
+  mg_buf_t strings;
+  uint64_t seed; /* mixes into series hashes for shard choice */
+  uv_timer_t timer;
+  mg_http_req_t *req;
+  mg_buf_t *body;
+  int64_t start_wall_ms;
+  uint64_t start_mono_ms;
+  mg_series_table_t series;
+  mg_buf_t meta, meta_next; /* encoded MetricMetadata entries of the last good scrape */
+  int up;                   /* -1 unknown, 0 down, 1 up */
+  unsigned long long last_fail_log_ms;
+  char last_error[256];
+  mg_http_header_t headers[3];
+  char timeout_hdr[32];
+  char *auth_value;
+} target_t;
+
+struct mg_scrape {
+  uv_loop_t *loop;
+  mg_http_client_t *http;
+  const mg_conf_t *conf;
+  mg_dest_t **dests;
+  size_t ndests;
+  target_t **targets;
+  size_t ntargets;
+  job_metrics_t *jms;
+  mg_label_t ext[MAX_TARGET_LABELS]; /* external labels, sorted */
+  size_t next;
+  /* shared per-scrape state */
+  mg_buf_t staging;
+  struct staged {
+    uint32_t off, len;
+    uint64_t hash;
+  } *entries;
+  size_t nentries, entries_cap;
+  mg_buf_t scratch;
+  mg_buf_t *idle_bodies[MAX_IDLE_BODIES];
+  size_t nidle;
+  uv_timer_t meta_timer;
+  int meta_timer_init;
+  int stopped;
+  unsigned refs;
+  mg_metric_t *m_active;
+};
+
+/* Per-scrape parse context. */
+typedef struct scrape_ctx {
+  target_t *t;
+  int64_t ts_ms;
+  uint64_t samples;     /* sample lines in the body */
+  uint64_t post_relabel; /* samples kept after metric relabeling */
+  uint64_t added;
+  uint64_t duplicates;
+  int stale_mode; /* parsing a remembered key to write its staleness marker */
+  char err[200];
+  /* metadata accumulator for the current family */
+  mg_str_t meta_family;
+  mg_metric_kind_t meta_type;
+  mg_str_t meta_help, meta_unit;
+  int meta_have;
+} scrape_ctx_t;
+
+static void scrape_unref(mg_scrape_t *s);
+
+/* ---- label building ---------------------------------------------------- */
+
+static int label_cmp(const void *a, const void *b) {
+  return mg_str_cmp(((const mg_label_t *)a)->name, ((const mg_label_t *)b)->name);
+}
+
+/* Add labels of `add` whose names are not in `out` (sorted), keeping out
+ * sorted. Used for external labels, which never override. */
+static size_t merge_missing(mg_label_t *out, size_t n, const mg_label_t *add, size_t nadd, size_t cap) {
+  size_t orig = n;
+  for (size_t i = 0; i < nadd; i++) {
+    mg_label_t key = add[i];
+    if (bsearch(&key, out, orig, sizeof *out, label_cmp)) continue;
+    if (n < cap) out[n++] = add[i];
+  }
+  if (n != orig) qsort(out, n, sizeof *out, label_cmp);
+  return n;
+}
+
+/* Build the final sorted label set of a sample: parsed labels (unescaped),
+ * the target's labels with Prometheus's honor_labels rule, external labels,
+ * empty values removed. Returns the count, or -1 with ctx->err set. */
+static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t *out) {
+  target_t *t = c->t;
+  mg_scrape_t *s = t->s;
+  const mg_conf_job_t *job = t->job;
+  mg_label_t parsed[MG_PARSE_MAX_LABELS + 1];
+  size_t np = 0;
+  parsed[np++] = (mg_label_t){MG_STR_LIT("__name__"), ps->name};
+  size_t esc_bytes = 0;
+  for (size_t i = 0; i < ps->nlabels; i++)
+    if (ps->labels[i].escaped) esc_bytes += ps->labels[i].value.n;
+  mg_buf_reset(&s->scratch);
+  /* Renamed labels ("exported_" + name) need room too. */
+  if (mg_buf_reserve(&s->scratch, esc_bytes + ps->nlabels * 16 + 4096) != 0) {
+    snprintf(c->err, sizeof c->err, "out of memory building labels");
+    return -1;
+  }
+  int sorted = 1;
+  for (size_t i = 0; i < ps->nlabels; i++) {
+    const mg_parse_label_t *pl = &ps->labels[i];
+    if (job->label_name_length_limit && pl->name.n > job->label_name_length_limit) {
+      snprintf(c->err, sizeof c->err, "label name %.*s... longer than label_name_length_limit %llu",
+               (int)(pl->name.n > 40 ? 40 : pl->name.n), pl->name.p, (unsigned long long)job->label_name_length_limit);
+      return -1;
+    }
+    mg_str_t v = pl->value;
+    if (pl->escaped) {
+      char *dst = s->scratch.data + s->scratch.len;
+      size_t n = mg_parse_unescape(pl->value, dst);
+      s->scratch.len += n;
+      v = mg_str_n(dst, n);
+    }
+    if (job->label_value_length_limit && v.n > job->label_value_length_limit) {
+      snprintf(c->err, sizeof c->err, "label %.*s value longer than label_value_length_limit %llu",
+               (int)(pl->name.n > 40 ? 40 : pl->name.n), pl->name.p, (unsigned long long)job->label_value_length_limit);
+      return -1;
+    }
+    if (v.n == 0) continue;
+    parsed[np] = (mg_label_t){pl->name, v};
+    if (mg_str_cmp(parsed[np - 1].name, pl->name) >= 0) sorted = 0;
+    np++;
+  }
+  if (!sorted) qsort(parsed, np, sizeof *parsed, label_cmp);
+
+  /* Merge parsed (P) with target labels (T). */
+  size_t n = 0, i = 0, j = 0;
+  int renamed = 0;
+  const mg_label_t *tl = t->labels;
+  size_t nt = t->nlabels;
+  while (i < np || j < nt) {
+    int cmp = i >= np ? 1 : j >= nt ? -1 : mg_str_cmp(parsed[i].name, tl[j].name);
+    if (cmp < 0) {
+      out[n++] = parsed[i++];
+    } else if (cmp > 0) {
+      out[n++] = tl[j++];
+    } else if (job->honor_labels) {
+      out[n++] = parsed[i++];
+      j++;
+    } else {
+      /* Conflict: the target's label wins and the scraped one is kept as
+       * exported_<name> (prefixed again while that name is taken). */
+      out[n++] = tl[j++];
+      mg_str_t name = parsed[i].name;
+      for (;;) {
+        size_t need = 9 + name.n;
+        if (s->scratch.cap - s->scratch.len < need) {
+          snprintf(c->err, sizeof c->err, "label rename space exhausted");
+          return -1;
+        }
+        char *dst = s->scratch.data + s->scratch.len;
+        memcpy(dst, "exported_", 9);
+        memcpy(dst + 9, name.p, name.n);
+        s->scratch.len += need;
+        name = mg_str_n(dst, need);
+        int taken = 0;
+        for (size_t k = 0; k < np && !taken; k++) taken = mg_str_eq(parsed[k].name, name);
+        for (size_t k = 0; k < nt && !taken; k++) taken = mg_str_eq(tl[k].name, name);
+        if (!taken) break;
+      }
+      parsed[i].name = name;
+      out[n++] = parsed[i++];
+      renamed = 1;
+    }
+  }
+  if (renamed) qsort(out, n, sizeof *out, label_cmp);
+  if (s->next) n = merge_missing(out, n, s->ext, s->next, MAX_SERIES_LABELS);
+  if (job->label_limit && n > job->label_limit) {
+    snprintf(c->err, sizeof c->err, "series has %zu labels, over label_limit %llu", n,
+             (unsigned long long)job->label_limit);
+    return -1;
+  }
+  return (int)n;
+}
+
+/* ---- staging ------------------------------------------------------------ */
+
+static int stage(scrape_ctx_t *c, uint64_t hash, const mg_label_t *labels, size_t n, double v, int64_t ts) {
+  mg_scrape_t *s = c->t->s;
+  size_t off = s->staging.len;
+  int rc = mg_wire_append_series(&s->staging, labels, n, v, ts);
+  if (rc) {
+    snprintf(c->err, sizeof c->err, "scrape too large to stage (%s)", mg_err_str(rc));
+    return rc;
+  }
+  if (s->nentries == s->entries_cap) {
+    size_t ncap = s->entries_cap ? s->entries_cap * 2 : 4096;
+    void *p = mg_reallocarray(s->entries, ncap, sizeof *s->entries);
+    if (!p) {
+      snprintf(c->err, sizeof c->err, "out of memory staging samples");
+      return MG_ENOMEM;
+    }
+    s->entries = p;
+    s->entries_cap = ncap;
+  }
+  s->entries[s->nentries++] = (struct staged){(uint32_t)off, (uint32_t)(s->staging.len - off), hash ^ c->t->seed};
+  return 0;
+}
+
+static void stage_reset(mg_scrape_t *s) {
+  mg_buf_reset(&s->staging);
+  s->nentries = 0;
+}
+
+static void stage_commit(mg_scrape_t *s) {
+  for (size_t i = 0; i < s->nentries; i++) {
+    struct staged *e = &s->entries[i];
+    for (size_t d = 0; d < s->ndests; d++) mg_dest_append(s->dests[d], e->hash, s->staging.data + e->off, e->len, 1);
+  }
+  stage_reset(s);
+}
+
+/* A synthetic series: name + target labels (+ external labels). */
+static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
+  target_t *t = c->t;
+  mg_label_t out[MAX_TARGET_LABELS * 2 + 1];
+  size_t n = 0;
+  out[n++] = (mg_label_t){MG_STR_LIT("__name__"), mg_str(name)};
+  for (size_t i = 0; i < t->nlabels; i++) out[n++] = t->labels[i];
+  qsort(out, n, sizeof *out, label_cmp);
+  n = merge_missing(out, n, t->s->ext, t->s->next, sizeof out / sizeof *out);
+  return stage(c, mg_series_hash(name, strlen(name), 0), out, n, v, c->ts_ms);
+}
+
+/* ---- parse callbacks ---------------------------------------------------- */
+
+static void meta_flush(scrape_ctx_t *c) {
+  if (!c->meta_have) return;
+  target_t *t = c->t;
+  mg_str_t help = c->meta_help;
+  char *tmp = NULL;
+  if (help.n && memchr(help.p, '\\', help.n)) {
+    tmp = mg_malloc(help.n);
+    if (tmp) help = mg_str_n(tmp, mg_parse_unescape(c->meta_help, tmp));
+  }
+  mg_wire_append_metadata(&t->meta_next, c->meta_type, c->meta_family, help, c->meta_unit);
+  mg_free(tmp);
+  c->meta_have = 0;
+  c->meta_help = c->meta_unit = mg_str_n(NULL, 0);
+  c->meta_type = MG_MTYPE_UNKNOWN;
+}
+
+static int on_meta(void *ud, const mg_parse_meta_t *m) {
+  scrape_ctx_t *c = ud;
+  if (c->meta_have && !mg_str_eq(c->meta_family, m->family)) meta_flush(c);
+  c->meta_family = m->family;
+  c->meta_have = 1;
+  switch (m->kind) {
+  case MG_META_HELP: c->meta_help = m->text; break;
+  case MG_META_TYPE: c->meta_type = m->type; break;
+  case MG_META_UNIT: c->meta_unit = m->text; break;
+  }
+  return 0;
+}
+
+static int on_sample(void *ud, const mg_parse_sample_t *ps) {
+  scrape_ctx_t *c = ud;
+  target_t *t = c->t;
+  const mg_conf_job_t *job = t->job;
+  uint64_t h = mg_series_hash(ps->series.p, ps->series.n, 0);
+  mg_label_t labels[MAX_SERIES_LABELS];
+  if (c->stale_mode) {
+    int n = build_labels(c, ps, labels);
+    if (n < 0) return 0; /* a key that no longer builds: nothing to mark */
+    return stage(c, h, labels, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM : 0;
+  }
+  c->samples++;
+  if (job->sample_limit && c->samples > job->sample_limit) {
+    snprintf(c->err, sizeof c->err, "sample_limit exceeded (%llu)", (unsigned long long)job->sample_limit);
+    return MG_ETOOBIG;
+  }
+  mg_series_table_t *tab = &t->series;
+  bool is_new;
+  mg_series_entry_t *e = mg_series_upsert(tab, h, ps->series, &is_new);
+  if (!e) {
+    snprintf(c->err, sizeof c->err, "out of memory in series table");
+    return MG_ENOMEM;
+  }
+  if (is_new) {
+    c->added++;
+    e->route = MG_SERIES_ROUTE_DEFAULT;
+  } else if (e->epoch == tab->epoch) {
+    /* Same series twice in one body: Prometheus keeps the first. */
+    c->duplicates++;
+    return 0;
+  }
+  e->epoch = tab->epoch;
+  if (e->route == MG_SERIES_ROUTE_DROP) return 0;
+  int n = build_labels(c, ps, labels);
+  if (n < 0) return MG_EPARSE;
+  c->post_relabel++;
+  int64_t ts = (job->honor_timestamps && ps->has_timestamp) ? ps->timestamp_ms : c->ts_ms;
+  return stage(c, h, labels, (size_t)n, ps->value, ts);
+}
+
+/* A series disappeared: parse its remembered key to get its labels back and
+ * stage a staleness marker. */
+static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
+  scrape_ctx_t *c = ud;
+  if (e->route == MG_SERIES_ROUTE_DROP) return;
+  char line[8192];
+  if (key.n + 4 > sizeof line) return; /* longer than any line the parser accepted into the table */
+  memcpy(line, key.p, key.n);
+  memcpy(line + key.n, " 0\n", 3);
+  static const mg_parse_callbacks_t cbs = {on_sample, NULL};
+  mg_parse_error_t perr;
+  c->stale_mode = 1;
+  mg_parse(line, key.n + 3, MG_FMT_PROM_TEXT, &cbs, c, &perr);
+  c->stale_mode = 0;
+}
+
+/* ---- one scrape ----------------------------------------------------------- */
+
+static void set_health(target_t *t, int up, const char *why) {
+  if (t->up != up) {
+    if (up && t->up == 0) MG_INFO("scrape", "target_up", "job=%s target=%s", t->job->name, t->url);
+    if (t->up == 1) mg_metric_add(t->jm->up, -1);
+    if (t->up == 0) mg_metric_add(t->jm->down, -1);
+    mg_metric_add(up ? t->jm->up : t->jm->down, 1);
+    t->up = up;
+  }
+  snprintf(t->last_error, sizeof t->last_error, "%s", why ? why : "");
+}
+
+/* Finish a scrape: body == NULL means it failed with `why`. */
+static int process(target_t *t, const char *body, size_t len, const char *ctype, int64_t ts_ms, double duration_s,
+                   char *why, size_t whylen) {
+  mg_scrape_t *s = t->s;
+  scrape_ctx_t c;
+  memset(&c, 0, sizeof c);
+  c.t = t;
+  c.ts_ms = ts_ms;
+  stage_reset(s);
+  int rc = MG_EIO;
+  if (body) {
+    mg_series_begin(&t->series);
+    mg_buf_reset(&t->meta_next);
+    mg_parse_format_t fmt = mg_parse_format_from_content_type(ctype, ctype ? strlen(ctype) : 0);
+    static const mg_parse_callbacks_t cbs = {on_sample, on_meta};
+    mg_parse_error_t perr = {0, 0, NULL};
+    rc = mg_parse(body, len, fmt, &cbs, &c, &perr);
+    meta_flush(&c);
+    if (rc == MG_EPARSE && perr.msg) {
+      snprintf(why, whylen, "%s body: line %u column %u: %s", fmt == MG_FMT_OPENMETRICS ? "openmetrics" : "text",
+               perr.line, perr.column, perr.msg);
+    } else if (rc && c.err[0]) {
+      snprintf(why, whylen, "%s", c.err);
+    } else if (rc) {
+      snprintf(why, whylen, "%s", mg_err_str(rc));
+    }
+    if (rc) {
+      /* Roll back: the series this body added were never committed. The
+       * ones it merely re-saw keep their place and go stale below. */
+      stage_reset(s);
+      c.samples = c.post_relabel = c.added = 0;
+    }
+  }
+  int ok = rc == 0;
+  /* Staleness: series gone from a good scrape, or everything when down. */
+  mg_series_sweep(&t->series, !ok, on_series_gone, &c);
+  if (ok) {
+    mg_buf_t tmp = t->meta;
+    t->meta = t->meta_next;
+    t->meta_next = tmp;
+  }
+  stage_synthetic(&c, "up", ok ? 1 : 0);
+  stage_synthetic(&c, "scrape_duration_seconds", duration_s);
+  stage_synthetic(&c, "scrape_samples_scraped", (double)c.samples);
+  stage_synthetic(&c, "scrape_samples_post_metric_relabeling", (double)c.post_relabel);
+  stage_synthetic(&c, "scrape_series_added", (double)c.added);
+  stage_commit(s);
+  mg_metric_add(t->jm->samples, (double)c.samples);
+  mg_metric_set(s->m_active, (double)mg_scrape_active_series(s));
+  return ok ? 0 : rc;
+}
+
+static void release_body(target_t *t) {
+  mg_scrape_t *s = t->s;
+  if (!t->body) return;
+  if (s->nidle < MAX_IDLE_BODIES && !s->stopped) {
+    mg_buf_reset(t->body);
+    s->idle_bodies[s->nidle++] = t->body;
+  } else {
+    mg_buf_cleanup(t->body);
+    mg_free(t->body);
+  }
+  t->body = NULL;
+}
+
+static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t *resp) {
+  target_t *t = ud;
+  mg_scrape_t *s = t->s;
+  t->req = NULL;
+  if (err == MG_ECANCELED || s->stopped) {
+    release_body(t);
+    scrape_unref(s);
+    return;
+  }
+  double duration = (double)(uv_now(s->loop) - t->start_mono_ms) / 1000.0;
+  char why[320];
+  why[0] = '\0';
+  int rc;
+  if (err) {
+    snprintf(why, sizeof why, "%s: %s", mg_err_name(err), detail ? detail : mg_err_str(err));
+    rc = process(t, NULL, 0, NULL, t->start_wall_ms, duration, why, sizeof why);
+  } else if (resp->status != 200) {
+    snprintf(why, sizeof why, "server returned HTTP status %d", resp->status);
+    rc = process(t, NULL, 0, NULL, t->start_wall_ms, duration, why, sizeof why);
+  } else {
+    rc = process(t, resp->body->data, resp->body->len, mg_http_response_header(resp, "content-type"),
+                 t->start_wall_ms, duration, why, sizeof why);
+  }
+  release_body(t);
+  if (rc) {
+    mg_metric_inc(t->jm->fail);
+    unsigned long long now = (unsigned long long)uv_now(s->loop);
+    if (t->up != 0 || mg_log_ratelimit(&t->last_fail_log_ms, now, 60000)) {
+      char q[400];
+      MG_WARN("scrape", "scrape_failed", "job=%s target=%s err=%s reason=%s", t->job->name, t->url,
+              mg_err_name(err ? err : rc), mg_log_q(q, sizeof q, why, strlen(why)));
+      t->last_fail_log_ms = now;
+    }
+    set_health(t, 0, why);
+  } else {
+    mg_metric_inc(t->jm->ok);
+    set_health(t, 1, NULL);
+  }
+  scrape_unref(s);
+}
+
+static void on_tick(uv_timer_t *h) {
+  target_t *t = h->data;
+  mg_scrape_t *s = t->s;
+  if (s->stopped) return;
+  if (t->req) {
+    /* timeout <= interval, so this only happens when the loop lagged. */
+    MG_DEBUG("scrape", "scrape_skipped", "job=%s target=%s reason=previous_still_running", t->job->name, t->url);
+    return;
+  }
+  if (s->nidle) {
+    t->body = s->idle_bodies[--s->nidle];
+  } else {
+    t->body = mg_malloc(sizeof *t->body);
+    if (!t->body) return;
+    mg_buf_init(t->body, 0);
+  }
+  t->body->limit = t->job->body_size_limit ? t->job->body_size_limit : MG_SCRAPE_DEFAULT_BODY_LIMIT;
+  t->start_wall_ms = mg_wall_ms();
+  t->start_mono_ms = uv_now(s->loop);
+  mg_http_tls_opts_t tls = {
+      .ca_file = t->job->tls.ca_file,
+      .cert_file = t->job->tls.cert_file,
+      .key_file = t->job->tls.key_file,
+      .server_name = t->job->tls.server_name,
+      .insecure_skip_verify = t->job->tls.insecure_skip_verify,
+  };
+  size_t nh = 2 + (t->auth_value ? 1 : 0);
+  mg_http_request_t req = {
+      .method = "GET",
+      .url = t->url,
+      .headers = t->headers,
+      .nheaders = nh,
+      .timeout_ms = t->job->timeout_ms,
+      .max_body = t->body->limit,
+      .accept_gzip = t->job->enable_compression,
+      .tls = &tls,
+      .body_out = t->body,
+  };
+  s->refs++;
+  int rc = mg_http_client_request(s->http, &req, on_scraped, t, &t->req);
+  if (rc) {
+    s->refs--;
+    t->req = NULL;
+    release_body(t);
+    MG_ERROR("scrape", "request_invalid", "job=%s target=%s err=%s", t->job->name, t->url, mg_err_name(rc));
+  }
+}
+
+/* ---- set-up --------------------------------------------------------------- */
+
+static int url_append_escaped(mg_buf_t *b, const char *v) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+    int rc;
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+        *p == '_' || *p == '.' || *p == '~')
+      rc = mg_buf_append_byte(b, *p);
+    else {
+      char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+      rc = mg_buf_append(b, e, 3);
+    }
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Copy the target's labels into its own storage, sorted: job, instance and
+ * the static labels (static labels may override job and instance, as
+ * target labels do in Prometheus). */
+static int target_labels(target_t *t, const mg_conf_target_t *ct) {
+  const char *names[MAX_TARGET_LABELS], *values[MAX_TARGET_LABELS];
+  size_t n = 0;
+  names[n] = "job", values[n++] = t->job->name;
+  names[n] = "instance", values[n++] = ct->address;
+  for (size_t i = 0; i < ct->labels.n; i++) {
+    size_t k = 0;
+    while (k < n && strcmp(names[k], ct->labels.v[i].name) != 0) k++;
+    if (k == n) {
+      if (n == MAX_TARGET_LABELS) return MG_ETOOBIG;
+      n++;
+    }
+    names[k] = ct->labels.v[i].name;
+    values[k] = ct->labels.v[i].value;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += strlen(names[i]) + strlen(values[i]);
+  if (mg_buf_reserve(&t->strings, total) != 0) return MG_ENOMEM;
+  t->nlabels = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!values[i][0]) continue;
+    char *np = t->strings.data + t->strings.len;
+    mg_buf_append_str(&t->strings, names[i]);
+    char *vp = t->strings.data + t->strings.len;
+    mg_buf_append_str(&t->strings, values[i]);
+    t->labels[t->nlabels++] = (mg_label_t){mg_str_n(np, strlen(names[i])), mg_str_n(vp, strlen(values[i]))};
+    if (strcmp(names[i], "instance") == 0) t->instance = vp;
+  }
+  qsort(t->labels, t->nlabels, sizeof *t->labels, label_cmp);
+  t->seed = 0;
+  for (size_t i = 0; i < t->nlabels; i++) {
+    t->seed = mg_hash64(t->labels[i].name.p, t->labels[i].name.n, t->seed);
+    t->seed = mg_hash64(t->labels[i].value.p, t->labels[i].value.n, t->seed);
+  }
+  return 0;
+}
+
+static void on_target_closed(uv_handle_t *h) {
+  target_t *t = h->data;
+  mg_scrape_t *s = t->s;
+  mg_series_cleanup(&t->series);
+  mg_buf_cleanup(&t->strings);
+  mg_buf_cleanup(&t->meta);
+  mg_buf_cleanup(&t->meta_next);
+  mg_free(t->url);
+  mg_mem_free_secret(t->auth_value);
+  mg_free(t);
+  scrape_unref(s);
+}
+
+static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metrics_t *jm,
+                            const mg_conf_target_t *ct, int *err) {
+  target_t *t = mg_calloc(1, sizeof *t);
+  if (!t) {
+    *err = MG_ENOMEM;
+    return NULL;
+  }
+  t->s = s;
+  t->job = job;
+  t->jm = jm;
+  t->up = -1;
+  mg_buf_init(&t->strings, 0);
+  mg_buf_init(&t->meta, 0);
+  mg_buf_init(&t->meta_next, 16u << 20);
+  mg_series_init(&t->series);
+  mg_buf_t u;
+  mg_buf_init(&u, 8192);
+  int rc = mg_buf_printf(&u, "%s://%s%s", job->scheme, ct->address, job->metrics_path);
+  for (size_t i = 0; !rc && i < job->params.n; i++) {
+    rc |= mg_buf_append_byte(&u, i == 0 ? '?' : '&');
+    rc |= url_append_escaped(&u, job->params.v[i].name);
+    rc |= mg_buf_append_byte(&u, '=');
+    rc |= url_append_escaped(&u, job->params.v[i].value);
+  }
+  if (!rc) rc = target_labels(t, ct);
+  if (!rc) rc = mg_auth_header(&job->auth, &t->auth_value);
+  if (rc) {
+    mg_buf_cleanup(&u);
+    mg_buf_cleanup(&t->strings);
+    mg_buf_cleanup(&t->meta);
+    mg_buf_cleanup(&t->meta_next);
+    mg_mem_free_secret(t->auth_value);
+    mg_free(t);
+    *err = rc;
+    return NULL;
+  }
+  t->url = mg_buf_steal(&u, NULL);
+  snprintf(t->timeout_hdr, sizeof t->timeout_hdr, "%g", (double)job->timeout_ms / 1000.0);
+  t->headers[0] = (mg_http_header_t){"Accept", ACCEPT_HEADER};
+  t->headers[1] = (mg_http_header_t){"X-Prometheus-Scrape-Timeout-Seconds", t->timeout_hdr};
+  if (t->auth_value) t->headers[2] = (mg_http_header_t){"Authorization", t->auth_value};
+  uv_timer_init(s->loop, &t->timer);
+  t->timer.data = t;
+  s->refs++;
+  return t;
+}
+
+static void on_meta_timer(uv_timer_t *h);
+
+/* A per-job metric, never NULL (a failed allocation yields the dummy). */
+static mg_metric_t *metric(mg_metric_type_t type, const char *name, const char *help, const char *job, const char *k,
+                           const char *v) {
+  mg_metric_t *m = mg_metrics_get(type, name, help, "job", job, k, v, NULL);
+  return m ? m : mg_metrics_dummy();
+}
+
+mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, mg_dest_t **dests,
+                           size_t ndests, int *err) {
+  mg_scrape_t *s = mg_calloc(1, sizeof *s);
+  if (!s) {
+    *err = MG_ENOMEM;
+    return NULL;
+  }
+  s->loop = loop;
+  s->http = http;
+  s->conf = conf;
+  s->dests = dests;
+  s->ndests = ndests;
+  s->refs = 1;
+  mg_buf_init(&s->staging, UINT32_MAX);
+  mg_buf_init(&s->scratch, 0);
+  for (size_t i = 0; i < conf->external_labels.n && s->next < MAX_TARGET_LABELS; i++)
+    s->ext[s->next++] = (mg_label_t){mg_str(conf->external_labels.v[i].name), mg_str(conf->external_labels.v[i].value)};
+  qsort(s->ext, s->next, sizeof *s->ext, label_cmp);
+  s->m_active = mg_metrics_gauge("moongate_series_active", "Series seen in the last scrape of each target.", NULL);
+  if (!s->m_active) s->m_active = mg_metrics_dummy();
+  size_t total = 0;
+  for (size_t j = 0; j < conf->njobs; j++) total += conf->jobs[j]->ntargets;
+  s->targets = mg_calloc(total ? total : 1, sizeof *s->targets);
+  s->jms = mg_calloc(conf->njobs ? conf->njobs : 1, sizeof *s->jms);
+  if (!s->targets || !s->jms) {
+    *err = MG_ENOMEM;
+    mg_scrape_free(s);
+    return NULL;
+  }
+  for (size_t j = 0; j < conf->njobs; j++) {
+    const mg_conf_job_t *job = conf->jobs[j];
+    job_metrics_t *jm = &s->jms[j];
+    const char *jn = job->name;
+    jm->ok = metric(MG_METRIC_COUNTER, "moongate_scrapes_total", "Scrapes by result.", jn, "result", "success");
+    jm->fail = metric(MG_METRIC_COUNTER, "moongate_scrapes_total", "Scrapes by result.", jn, "result", "failure");
+    jm->samples = metric(MG_METRIC_COUNTER, "moongate_scrape_samples_scraped_total",
+                         "Sample lines read from targets' bodies.", jn, NULL, NULL);
+    jm->up = metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "up");
+    jm->down =
+        metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "down");
+    for (size_t i = 0; i < job->ntargets; i++) {
+      target_t *t = target_new(s, job, jm, job->targets[i], err);
+      if (!t) {
+        MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, job->targets[i]->address,
+                 mg_err_name(*err));
+        mg_scrape_free(s);
+        return NULL;
+      }
+      t->index = s->ntargets;
+      s->targets[s->ntargets++] = t;
+    }
+  }
+  uv_timer_init(loop, &s->meta_timer);
+  s->meta_timer.data = s;
+  s->meta_timer_init = 1;
+  s->refs++;
+  return s;
+}
+
+static const unsigned char *read_varint(const unsigned char *p, const unsigned char *end, uint64_t *v) {
+  *v = 0;
+  for (int shift = 0; p < end && shift < 64; shift += 7) {
+    unsigned char b = *p++;
+    *v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return p;
+  }
+  return NULL;
+}
+
+/* Metadata: every destination that wants it gets one WriteRequest with the
+ * metadata of every family seen, each family once (first target wins). The
+ * targets' buffers hold entries written by mg_wire_append_metadata: tag,
+ * length, then type (2 bytes), family-name tag, name length, name. */
+static void on_meta_timer(uv_timer_t *h) {
+  mg_scrape_t *s = h->data;
+  mg_buf_t body;
+  mg_buf_init(&body, 64u << 20);
+  mg_series_table_t seen; /* family-name hashes already added */
+  mg_series_init(&seen);
+  for (size_t i = 0; i < s->ntargets; i++) {
+    const mg_buf_t *m = &s->targets[i]->meta;
+    const unsigned char *p = (const unsigned char *)m->data, *end = p + m->len;
+    while (p && p < end) {
+      const unsigned char *start = p;
+      uint64_t len, flen;
+      const unsigned char *msg = read_varint(p + 1, end, &len);
+      if (!msg || len > (uint64_t)(end - msg)) break;
+      p = msg + len;
+      const unsigned char *name = len > 3 ? read_varint(msg + 3, p, &flen) : NULL;
+      if (!name || flen > (uint64_t)(p - name)) continue;
+      bool is_new;
+      mg_series_upsert(&seen, mg_series_hash(name, flen, 0), mg_str_n("", 0), &is_new);
+      if (is_new) mg_buf_append(&body, start, (size_t)(p - start));
+    }
+  }
+  mg_series_cleanup(&seen);
+  if (body.len)
+    for (size_t d = 0; d < s->ndests; d++)
+      if (mg_dest_wants_metadata(s->dests[d])) mg_dest_send_metadata(s->dests[d], body.data, body.len);
+  mg_buf_cleanup(&body);
+}
+
+int mg_scrape_start(mg_scrape_t *s) {
+  for (size_t i = 0; i < s->ntargets; i++) {
+    target_t *t = s->targets[i];
+    uint64_t interval = t->job->interval_ms ? t->job->interval_ms : 60000;
+    /* Stable offset per target spreads scrapes over the interval. */
+    uint64_t offset = t->seed % interval;
+    uv_timer_start(&t->timer, on_tick, offset, interval);
+  }
+  uint64_t mi = 0;
+  for (size_t d = 0; d < s->ndests; d++) {
+    if (!mg_dest_wants_metadata(s->dests[d])) continue;
+    /* The plan's destinations carry the interval; use the shortest. */
+    for (size_t k = 0; k < s->conf->ndests; k++) {
+      uint64_t v = s->conf->dests[k]->metadata_send_interval_ms;
+      if (v && (!mi || v < mi)) mi = v;
+    }
+  }
+  if (mi) {
+    uv_timer_start(&s->meta_timer, on_meta_timer, mi, mi);
+  }
+  return 0;
+}
+
+void mg_scrape_stop(mg_scrape_t *s) {
+  if (s->stopped) return;
+  s->stopped = 1;
+  for (size_t i = 0; i < s->ntargets; i++) {
+    target_t *t = s->targets[i];
+    uv_timer_stop(&t->timer);
+    if (t->req) mg_http_client_cancel(t->req);
+  }
+  uv_timer_stop(&s->meta_timer);
+}
+
+uint64_t mg_scrape_active_series(const mg_scrape_t *s) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < s->ntargets; i++) n += s->targets[i]->series.count;
+  return n;
+}
+
+int mg_scrape_ingest(mg_scrape_t *s, size_t target_index, const char *body, size_t len, const char *content_type,
+                     int64_t ts_ms, char *errbuf, size_t errlen) {
+  if (target_index >= s->ntargets) return MG_EINVAL;
+  char why[320] = "";
+  int rc = process(s->targets[target_index], body, len, content_type, ts_ms, 0.0, why, sizeof why);
+  if (errbuf && errlen) snprintf(errbuf, errlen, "%s", why);
+  return rc;
+}
+
+static void scrape_unref(mg_scrape_t *s) {
+  if (--s->refs) return;
+  for (size_t i = 0; i < s->nidle; i++) {
+    mg_buf_cleanup(s->idle_bodies[i]);
+    mg_free(s->idle_bodies[i]);
+  }
+  mg_buf_cleanup(&s->staging);
+  mg_buf_cleanup(&s->scratch);
+  mg_free(s->entries);
+  mg_free(s->targets);
+  mg_free(s->jms);
+  mg_free(s);
+}
+
+static void on_meta_timer_closed(uv_handle_t *h) { scrape_unref(h->data); }
+
+void mg_scrape_free(mg_scrape_t *s) {
+  if (!s) return;
+  mg_scrape_stop(s);
+  for (size_t i = 0; i < s->ntargets; i++) uv_close((uv_handle_t *)&s->targets[i]->timer, on_target_closed);
+  if (s->meta_timer_init) uv_close((uv_handle_t *)&s->meta_timer, on_meta_timer_closed);
+  scrape_unref(s);
+}

@@ -1,0 +1,46 @@
+/* mg_scrape: the scrape engine. Schedules every target of the plan on its
+ * interval (with a stable per-target offset), fetches the page through the
+ * HTTP client, and runs the hot path: parse -> series table -> labels ->
+ * encode -> destinations. A scrape either commits whole or not at all (a
+ * malformed body or an exceeded limit fails it: up=0). Writes the synthetic
+ * series and staleness markers. Owns targets, their series tables and body
+ * buffers; borrows the loop, HTTP client, destinations and the plan. */
+#ifndef MG_SCRAPE_H
+#define MG_SCRAPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "mg_conf.h"
+#include "mg_http_client.h"
+#include "mg_remote_write.h"
+
+typedef struct mg_scrape mg_scrape_t;
+
+/* Default body limit when a job sets none (after decompression). */
+#define MG_SCRAPE_DEFAULT_BODY_LIMIT (100u << 20)
+
+/* dests: every series goes to each of them (routing arrives with the Lua
+ * hooks). conf, dests and http must outlive the engine. */
+mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, mg_dest_t **dests,
+                           size_t ndests, int *err);
+/* Arm every target's timer. */
+int mg_scrape_start(mg_scrape_t *s);
+/* Stop scheduling and cancel scrapes in flight (shutdown). Series already
+ * handed to destinations stay there. */
+void mg_scrape_stop(mg_scrape_t *s);
+/* Free, after stop; memory goes in the last close callback. */
+void mg_scrape_free(mg_scrape_t *s);
+
+/* Live numbers for /metrics and status. */
+uint64_t mg_scrape_active_series(const mg_scrape_t *s);
+
+/* Process one body as if scraped from the first target of the plan (used
+ * by tests and `moongate test`): returns 0 or the error that would fail the
+ * scrape, with a message in errbuf. */
+int mg_scrape_ingest(mg_scrape_t *s, size_t target_index, const char *body, size_t len, const char *content_type,
+                     int64_t ts_ms, char *errbuf, size_t errlen);
+
+#endif
