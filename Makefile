@@ -1,0 +1,49 @@
+# Thin wrapper over CMake. `make run` and `make test` install missing Debian
+# packages first (deps/install.sh), so each works on a fresh Debian 12.
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+LISTEN ?= 127.0.0.1:9464
+SCRIPT ?= scripts/examples/default.lua
+CMAKE_FLAGS ?=
+
+.PHONY: all deps deps-test build run test test-unit test-asan test-fuzz clean
+
+all: build
+
+deps:
+	@sh deps/install.sh build
+
+deps-test:
+	@sh deps/install.sh test
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
+
+# The main job: the default script scrapes moongate itself (and a node
+# exporter on 127.0.0.1:9100 if one runs) and prints the series it would
+# send on standard output.
+run: build
+	$(BUILD)/moongate run $(SCRIPT) --listen $(LISTEN) --data-dir $(BUILD)/data
+
+# Everything CI runs: unit + integration tests, unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and short fuzz runs.
+test: deps-test build
+	cd $(BUILD) && ctest --output-on-failure -j2
+	$(MAKE) --no-print-directory test-asan test-fuzz
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -L unit
+
+test-asan: deps-test
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON >/dev/null
+	cmake --build $(BUILD)-asan -j$(JOBS)
+	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L unit
+
+test-fuzz: deps-test
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMG_FUZZ=ON >/dev/null
+	cmake --build $(BUILD)-fuzz -j$(JOBS)
+	cd $(BUILD)-fuzz && ctest --output-on-failure -L fuzz
+
+clean:
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz
