@@ -92,6 +92,22 @@ int mg_parse(const char *body, size_t len, mg_parse_format_t fmt, const mg_parse
  * out, which must have room for raw.n bytes. Returns the length written. */
 size_t mg_parse_unescape(mg_str_t raw, char *out);
 
+/* Resolve the escapes of HELP text exactly as Prometheus does for the given
+ * format: text 0.0.4 knows \\ and \n only (a \" stays as written), OpenMetrics
+ * uses the label value rules. out needs room for raw.n bytes and may be
+ * raw.p itself. Returns the length written. */
+size_t mg_parse_unescape_help(mg_str_t raw, mg_parse_format_t fmt, char *out);
+
+/* Parse one whole sample value token the way Prometheus does (Go's
+ * strconv.ParseFloat without hex floats or '_'): [+-] digits with optional
+ * '.', optional [eE][+-]digits; or Inf / Infinity (signed) / NaN in any case.
+ * Correctly rounded: bit-identical to strtod. A finite number that overflows
+ * is an error (Go's ErrRange); underflow gives 0 or a subnormal. Every NaN
+ * comes out as Prometheus' normal NaN (bits 0x7ff8000000000001), never as the
+ * staleness marker. Returns 0 or MG_EPARSE. mg_parse uses it for sample values
+ * and (for OpenMetrics) timestamps. */
+int mg_parse_float(const char *s, size_t n, double *out);
+
 /* Name checks shared with relabeling and config validation. */
 bool mg_parse_valid_metric_name(mg_str_t s); /* [a-zA-Z_:][a-zA-Z0-9_:]* */
 bool mg_parse_valid_label_name(mg_str_t s);  /* [a-zA-Z_][a-zA-Z0-9_]* */
