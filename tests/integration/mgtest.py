@@ -1159,8 +1159,15 @@ def e2e_flow(c, prefix, receiver_kind, config_kind):
                      lambda: any(t > b1 for t, _ in up_samples(b0)), 30)
             ea = {series_key(expected_labels(l, job, target, ext)): v for l, v, _ in A}
             eb = {series_key(expected_labels(l, job, target, ext)): v for l, v, _ in B}
-            got = raw(f'{{job="{job}"}}', a0, b0 - 1)
-            real, synth = _split_synthetic(got)
+            # Batches of one scrape may arrive in any order: poll (with a
+            # deadline) until the window holds every series of A and B.
+            need = set(ea) & set(eb)
+
+            def window():
+                r, s = _split_synthetic(raw(f'{{job="{job}"}}', a0, b0 - 1))
+                return (r, s) if need <= set(r) else None
+            got = poll_until(window, 10) or _split_synthetic(raw(f'{{job="{job}"}}', a0, b0 - 1))
+            real, synth = got
             return a0, b0, A, B, ea, eb, real, synth
 
         a0, b0, A, B, ea, eb, real, synth = value_round(1)
