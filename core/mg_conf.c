@@ -12,6 +12,7 @@
 
 #include "mg_err.h"
 #include "mg_mem.h"
+#include "mg_str.h"
 
 /* ---- builders ---------------------------------------------------------- */
 
@@ -270,7 +271,10 @@ char *mg_conf_format_duration(uint64_t ms, char *out, size_t outsz) {
     uint64_t v = ms / dur_units[u].ms;
     if (!v) continue;
     int w = snprintf(out + len, outsz - len, "%" PRIu64 "%s", v, dur_units[u].unit);
-    if (w < 0 || (size_t)w >= outsz - len) break;
+    if (w < 0 || (size_t)w >= outsz - len) { /* keep whole terms only */
+      out[len] = '\0';
+      break;
+    }
     len += (size_t)w;
     ms -= v * dur_units[u].ms;
   }
@@ -449,6 +453,69 @@ static const char *check_hostport(const char *s, size_t n, bool port_required) {
   return NULL;
 }
 
+/* Open-addressing set of item indices keyed by hash, so finding duplicate
+ * job names or targets is O(n) rather than comparing all pairs (a job may
+ * have 100k targets). */
+typedef struct seen {
+  size_t *idx; /* SIZE_MAX = empty */
+  uint64_t *hash;
+  size_t mask;
+} seen_t;
+
+static int seen_init(seen_t *s, size_t n) {
+  size_t cap = 16;
+  while (cap < n * 2) cap *= 2;
+  s->idx = mg_mallocarray(cap, sizeof(*s->idx));
+  s->hash = mg_mallocarray(cap, sizeof(*s->hash));
+  s->mask = cap - 1;
+  if (!s->idx || !s->hash) return MG_ENOMEM;
+  for (size_t i = 0; i < cap; i++) s->idx[i] = SIZE_MAX;
+  return 0;
+}
+
+static void seen_cleanup(seen_t *s) {
+  mg_free(s->idx);
+  mg_free(s->hash);
+}
+
+/* Index of an earlier item equal to item i, or SIZE_MAX after recording i.
+ * The caller sized the set for every item it adds. */
+static size_t seen_add(seen_t *s, uint64_t h, size_t i, bool (*eq)(const void *, size_t, size_t), const void *ctx) {
+  size_t pos = (size_t)h & s->mask;
+  for (; s->idx[pos] != SIZE_MAX; pos = (pos + 1) & s->mask)
+    if (s->hash[pos] == h && eq(ctx, s->idx[pos], i)) return s->idx[pos];
+  s->idx[pos] = i;
+  s->hash[pos] = h;
+  return SIZE_MAX;
+}
+
+static uint64_t hash_str(const char *str) { return mg_hash64(str, strlen(str), 0); }
+
+/* Targets are the same when address and label set match (Prometheus merges
+ * such repeats; the same address with other labels is another target). */
+static uint64_t target_hash(const mg_conf_target_t *t) {
+  uint64_t h = hash_str(t->address), sum = 0;
+  for (size_t i = 0; i < t->labels.n; i++) /* order-independent */
+    sum += mg_hash64(t->labels.v[i].name, strlen(t->labels.v[i].name), hash_str(t->labels.v[i].value));
+  return h ^ (sum * 0x9E3779B97F4A7C15ull);
+}
+
+static bool target_eq(const void *ctx, size_t a, size_t b) {
+  const mg_conf_job_t *j = ctx;
+  const mg_conf_target_t *ta = j->targets[a], *tb = j->targets[b];
+  if (strcmp(ta->address, tb->address) != 0 || ta->labels.n != tb->labels.n) return false;
+  for (size_t i = 0; i < ta->labels.n; i++) {
+    const char *v = mg_kvs_get(&tb->labels, ta->labels.v[i].name);
+    if (!v || strcmp(v, ta->labels.v[i].value) != 0) return false;
+  }
+  return true;
+}
+
+static bool job_name_eq(const void *ctx, size_t a, size_t b) {
+  const mg_conf_t *c = ctx;
+  return strcmp(c->jobs[a]->name, c->jobs[b]->name) == 0;
+}
+
 static int check_address(check_t *k, const char *a) {
   if (!a || !*a) return fail(k, "target address is empty");
   if (strstr(a, "://"))
@@ -556,17 +623,21 @@ static int check_job(check_t *k, mg_conf_job_t *j) {
   int rc = check_auth(k, &j->auth);
   if (rc < 0) return rc;
   if ((rc = check_tls(k, &j->tls)) < 0) return rc;
-  for (size_t i = 0; i < j->ntargets; i++) {
+  seen_t seen;
+  if (seen_init(&seen, j->ntargets) < 0) {
+    seen_cleanup(&seen);
+    return MG_ENOMEM;
+  }
+  for (size_t i = 0; i < j->ntargets && rc == 0; i++) {
     const mg_conf_target_t *t = j->targets[i];
-    if ((rc = check_address(k, t->address)) < 0) return rc;
     char what[160];
     snprintf(what, sizeof(what), "target \"%.128s\"", t->address);
-    if ((rc = check_labels(k, what, &t->labels)) < 0) return rc;
-    for (size_t p = 0; p < i; p++)
-      if (strcmp(j->targets[p]->address, t->address) == 0)
-        return fail(k, "target \"%.128s\" listed twice", t->address);
+    if ((rc = check_address(k, t->address)) < 0 || (rc = check_labels(k, what, &t->labels)) < 0) break;
+    if (seen_add(&seen, target_hash(t), i, target_eq, j) != SIZE_MAX)
+      rc = fail(k, "target \"%.128s\" listed twice with the same labels", t->address);
   }
-  return 0;
+  seen_cleanup(&seen);
+  return rc;
 }
 
 /* Headers a destination may not set: the transport owns them (Prometheus's
@@ -664,23 +735,26 @@ int mg_conf_finish_at(mg_conf_t *c, mg_conf_error_t *err, mg_conf_at_t *at, size
     rc = fail(&k, "%zu destinations, more than the maximum %d", c->ndests, MG_CONF_MAX_DESTS);
     goto out;
   }
-  for (size_t i = 0; i < c->njobs; i++) {
-    mg_conf_job_t *j = c->jobs[i];
-    k.at = MG_CONF_AT_JOB;
-    k.index = i;
-    if (!j->name || !valid_name(j->name)) {
-      snprintf(k.where, sizeof(k.where), "job #%zu: ", i + 1);
-      rc = fail(&k, "job_name is missing, too long or not printable UTF-8");
-      goto out;
-    }
-    snprintf(k.where, sizeof(k.where), "job \"%s\": ", j->name);
-    for (size_t p = 0; p < i; p++)
-      if (strcmp(c->jobs[p]->name, j->name) == 0) {
-        rc = fail(&k, "job_name used by more than one scrape job");
-        goto out;
+  seen_t jobs_seen;
+  if ((rc = seen_init(&jobs_seen, c->njobs)) == 0) {
+    for (size_t i = 0; i < c->njobs && rc == 0; i++) {
+      mg_conf_job_t *j = c->jobs[i];
+      k.at = MG_CONF_AT_JOB;
+      k.index = i;
+      if (!j->name || !valid_name(j->name)) {
+        snprintf(k.where, sizeof(k.where), "job #%zu: ", i + 1);
+        rc = fail(&k, "job_name is missing, too long or not printable UTF-8");
+        break;
       }
-    if ((rc = check_job(&k, j)) < 0) goto out;
+      snprintf(k.where, sizeof(k.where), "job \"%s\": ", j->name);
+      if (seen_add(&jobs_seen, hash_str(j->name), i, job_name_eq, c) != SIZE_MAX)
+        rc = fail(&k, "job_name used by more than one scrape job");
+      else
+        rc = check_job(&k, j);
+    }
   }
+  seen_cleanup(&jobs_seen);
+  if (rc < 0) goto out;
   if (c->ndests == 0) {
     k.at = MG_CONF_AT_GLOBAL;
     k.where[0] = '\0';
@@ -717,6 +791,11 @@ int mg_conf_finish_at(mg_conf_t *c, mg_conf_error_t *err, mg_conf_at_t *at, size
   }
   c->frozen = true;
 out:
+  if (rc == MG_ENOMEM && err) {
+    snprintf(err->file, sizeof(err->file), "%s", c->path ? c->path : "");
+    err->line = 0;
+    snprintf(err->msg, sizeof(err->msg), "out of memory");
+  }
   if (at) *at = k.at;
   if (index) *index = k.index;
   return rc;

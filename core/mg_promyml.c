@@ -15,10 +15,12 @@
 #include "mg_err.h"
 #include "mg_mem.h"
 
-/* Nodes visited plus key comparisons made. Aliases share nodes, so a small
- * file could otherwise describe 10^12 targets; a real config stays far
- * below this (100k targets with a few labels each is about 10^6). */
-#define WORK_BUDGET (64u << 20)
+/* Work units: nodes visited, key comparisons, and allocations for what is
+ * built (a target with n labels costs 4 + 2n). Aliases share nodes, so a
+ * small file could otherwise describe 10^12 targets; this caps what is
+ * built near 4M allocations (a few hundred MB at worst), while 100k
+ * targets with ten labels each cost 2.4M. */
+#define WORK_BUDGET (4u << 20)
 /* Merge keys (<<) nest, and libyaml lets an alias point into its own
  * anchor, so merge resolution is depth-limited to break cycles. */
 #define MAX_MERGE_DEPTH 8
@@ -239,7 +241,8 @@ static void map_cleanup(map_t *m) {
  * already present, earlier sources first, as the YAML merge spec says. */
 static int map_collect(loader_t *L, yaml_node_t *n, map_t *m, int depth) {
   if (depth > MAX_MERGE_DEPTH) return fail(L, n, "merge keys (<<) nested too deeply or recursive");
-  int rc;
+  int rc = spend(L, n, 1);
+  if (rc < 0) return rc;
   size_t first = m->n;
   yaml_node_pair_t *p;
   yaml_node_t *merges[64];
@@ -342,9 +345,11 @@ static int only_value(loader_t *L, const pair_t *p, bool want, const char *why) 
   return 0;
 }
 
+typedef enum { KVS_PLAIN, KVS_TARGET_LABELS, KVS_EXTERNAL_LABELS } kvs_mode_t;
+
 /* Map of string to string (labels, headers): duplicates were refused when
  * collecting, so kvs_add keeps the file's order. */
-static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, bool labels) {
+static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, kvs_mode_t mode) {
   map_t m;
   int rc = get_map(L, n, &m);
   if (rc < 0) return rc;
@@ -353,9 +358,14 @@ static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, bool labels) {
     const char *v = "";
     size_t old = push_key(L, m.v[i].key);
     if (!is_null(m.v[i].v)) rc = get_str(L, m.v[i].v, &v);
-    if (rc == 0 && labels && !strncmp(m.v[i].key, "__", 2))
+    if (rc == 0 && mode == KVS_TARGET_LABELS && !strncmp(m.v[i].key, "__", 2))
       rc = fail(L, m.v[i].k, "labels starting with __ steer relabeling, which this moongate version does not "
                               "support");
+    /* Prometheus expands $VAR in external label values; moongate does
+     * not, so such a value would silently differ. */
+    if (rc == 0 && mode == KVS_EXTERNAL_LABELS && strchr(v, '$'))
+      rc = fail(L, m.v[i].v, "value contains '$': environment variable expansion is not supported");
+    if (rc == 0) rc = spend(L, m.v[i].k, 2);
     if (rc == 0 && mg_kvs_add(kvs, m.v[i].key, v) < 0) rc = oom(L, m.v[i].k);
     pop(L, old);
   }
@@ -492,7 +502,7 @@ static int load_static_config(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
   mg_kvs_t kvs = {0};
   if (rc == 0 && labels) {
     size_t old = push_key(L, "labels");
-    rc = get_kvs(L, labels->v, &kvs, true);
+    rc = get_kvs(L, labels->v, &kvs, KVS_TARGET_LABELS);
     pop(L, old);
   }
   if (rc == 0 && targets) {
@@ -505,7 +515,7 @@ static int load_static_config(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
       const char *addr = "";
       if (j->ntargets >= MG_CONF_MAX_TARGETS)
         rc = fail(L, t, "more than %d targets in one job", MG_CONF_MAX_TARGETS);
-      else if ((rc = spend(L, t, 1 + kvs.n)) == 0 && (rc = get_str(L, t, &addr)) == 0) {
+      else if ((rc = spend(L, t, 4 + 2 * kvs.n)) == 0 && (rc = get_str(L, t, &addr)) == 0) {
         mg_conf_target_t *tg = mg_conf_job_add_target(j, addr);
         if (!tg) rc = oom(L, t);
         for (size_t l = 0; l < kvs.n && rc == 0; l++)
@@ -531,6 +541,8 @@ static int load_params(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
       const char *s = "";
       if (j->params.n >= MG_CONF_MAX_LABELS)
         rc = fail(L, m.v[i].k, "more than %d values", MG_CONF_MAX_LABELS);
+      else if ((rc = spend(L, m.v[i].k, 2)) < 0)
+        break;
       else if ((rc = get_str(L, item(L, items, v), &s)) == 0 && mg_kvs_add(&j->params, m.v[i].key, s) < 0)
         rc = oom(L, m.v[i].k);
     }
@@ -688,7 +700,7 @@ static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
   if (!strcmp(k, "url")) return set_str(L, v, &d->url, false);
   if (!strcmp(k, "name")) return set_str(L, v, &d->name, false);
   if (!strcmp(k, "remote_timeout")) return get_duration_pos(L, v, &d->remote_timeout_ms);
-  if (!strcmp(k, "headers")) return get_kvs(L, v, &d->headers, false);
+  if (!strcmp(k, "headers")) return get_kvs(L, v, &d->headers, KVS_PLAIN);
   if (!strcmp(k, "queue_config")) return load_queue(L, v, &d->queue);
   if (!strcmp(k, "metadata_config")) return load_metadata(L, v, d);
   if (!strcmp(k, "send_exemplars")) return only_value(L, p, false, "moongate sends no exemplars");
@@ -738,15 +750,9 @@ static int load_global(loader_t *L, yaml_node_t *n) {
       rc = get_duration(L, p->v, &L->c->scrape_timeout_ms);
     else if (!strcmp(p->key, "evaluation_interval")) /* no rules in moongate: checked, unused */
       rc = get_duration(L, p->v, &ignored);
-    else if (!strcmp(p->key, "external_labels")) {
-      rc = get_kvs(L, p->v, &L->c->external_labels, true);
-      /* Prometheus expands $VAR in these values; moongate does not, so a
-       * value with '$' would silently differ. */
-      for (size_t e = 0; e < L->c->external_labels.n && rc == 0; e++)
-        if (strchr(L->c->external_labels.v[e].value, '$'))
-          rc = fail(L, p->v, "value of %s contains '$': environment expansion is not supported",
-                    L->c->external_labels.v[e].name);
-    } else
+    else if (!strcmp(p->key, "external_labels"))
+      rc = get_kvs(L, p->v, &L->c->external_labels, KVS_EXTERNAL_LABELS);
+    else
       rc = fail(L, p->k, "not supported by this moongate version");
     pop(L, old);
   }
