@@ -167,7 +167,8 @@ int mg_conf_parse_duration(const char *s, uint64_t *ms);
 /* Parse a byte size ("50MB", "1KiB", "1024"); 0 or MG_EINVAL. */
 int mg_conf_parse_bytes(const char *s, uint64_t *bytes);
 /* Format ms as Prometheus does ("1m30s", "500ms", "0s"); always
- * NUL-terminates out (24 bytes suffice). Returns out. */
+ * NUL-terminates out, keeping whole terms only (32 bytes suffice for any
+ * value). Returns out. */
 char *mg_conf_format_duration(uint64_t ms, char *out, size_t outsz);
 
 #endif

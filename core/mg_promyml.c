@@ -698,7 +698,12 @@ static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
   int rc = 0;
   if (is_null(v)) return 0;
   if (!strcmp(k, "url")) return set_str(L, v, &d->url, false);
-  if (!strcmp(k, "name")) return set_str(L, v, &d->name, false);
+  if (!strcmp(k, "name")) {
+    const char *s = "";
+    if ((rc = get_str(L, v, &s)) < 0) return rc;
+    /* Prometheus treats "" as unnamed too; finish then names it rw-<i>. */
+    return *s ? set_str(L, v, &d->name, false) : 0;
+  }
   if (!strcmp(k, "remote_timeout")) return get_duration_pos(L, v, &d->remote_timeout_ms);
   if (!strcmp(k, "headers")) return get_kvs(L, v, &d->headers, KVS_PLAIN);
   if (!strcmp(k, "queue_config")) return load_queue(L, v, &d->queue);

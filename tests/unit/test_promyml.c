@@ -253,6 +253,7 @@ MG_TEST(every_field) {
       "      send: false\n"
       "      send_interval: 2m\n"
       "  - url: http://second:9090/api/v1/write\n"
+      "    name: ''\n" /* unnamed, as in Prometheus */
       "    authorization: {credentials_file: /run/rw-token}\n";
   mg_conf_t *c;
   mg_conf_error_t err;
