@@ -888,6 +888,11 @@ class FakeReceiver:
                     out[k] = sorted(pts)
         return out
 
+    def find_instance(self, instance):
+        """{series_key: [(ts, v)]} of every series with this instance label."""
+        with self.lock:
+            return {k: sorted(p) for k, p in self.samples.items() if dict(k).get("instance") == instance}
+
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -101,8 +101,13 @@ def run(c):
                 dur and all(0.9 <= v <= 2.0 for _, v in dur), f"{[round(v, 3) for _, v in dur]}")
         bigs = rx.find("big_metric")
         c.check("big: no sample of the oversized body reached the receiver", not bigs, f"{len(bigs)} series")
-        garb = rx.find("good_metric", instance=tg["garbage"].addr)
-        c.check("garbage: no sample of the failed body reached the receiver", not garb, f"{len(garb)} series")
+        # Prometheus commits a scrape only when the whole body parsed: the
+        # valid lines before the error must not be sent, nor staleness
+        # markers for series that were never sent.
+        garb = {k: v for k, v in rx.find_instance(tg["garbage"].addr).items()
+                if dict(k)["__name__"] not in mgtest.SYNTHETIC}
+        c.check("garbage: nothing of the failed body reached the receiver (not even stale markers)", not garb,
+                "; ".join(f"{mgtest.key_str(k)}: {v[:3]}" for k, v in garb.items()))
 
         # The good target keeps being scraped.
         n1 = len(ups("good"))
@@ -149,6 +154,12 @@ def run(c):
                 bool(st) and all(mgtest.is_stale_nan(v) for _, v in st), f"{st}")
         c.check("flip: up becomes 0",
                 bool(poll_until(lambda: [p for p in ups("flip", t_flip) if p[1] == 0], 12)), f"{ups('flip', t_flip)}")
+        # After two more failed scrapes: one marker per series, not one per failure.
+        poll_until(lambda: len([p for p in ups("flip", t_flip) if p[1] == 0]) >= 3, 12)
+        nan_pts = [p for v in rx.find("flip_metric", instance=tg["flip"].addr).values() for p in v if math.isnan(p[1])]
+        c.check("flip: exactly one staleness marker, not one per failed scrape",
+                len(nan_pts) == 1 and len([p for p in ups("flip", t_flip) if p[1] == 0]) >= 3,
+                f"{len(nan_pts)} markers over {len(ups('flip', t_flip))} failed scrapes")
         good_stale = [k for k, pts in rx.find("good_requests_total").items() if any(math.isnan(v) for _, v in pts)]
         c.check("good: no staleness marker for a healthy target's series", not good_stale)
         if not ref:
