@@ -57,6 +57,14 @@ mg_http_server_t *mg_http_server_new(uv_loop_t *loop, const char *listen_addr, c
  * otherwise other methods get 405. Later registrations of the same path
  * replace earlier ones. */
 int mg_http_server_route(mg_http_server_t *s, const char *method, const char *path, mg_http_handler_fn fn, void *ud);
+/* Serve HTTPS on this server's connections accepted from now on. PEM files
+ * are read now; client_ca_file (optional) makes clients present a
+ * certificate signed by it (mTLS). Returns 0, MG_ETLS (reason logged) or
+ * MG_ENOMEM. */
+int mg_http_server_tls(mg_http_server_t *s, const char *cert_file, const char *key_file, const char *client_ca_file);
+/* The TLS SNI name the client sent, or NULL (plain HTTP, no SNI). Borrowed
+ * until the handler returns. */
+const char *mg_http_sreq_server_name(const mg_http_sreq_t *r);
 /* The bound port (useful with port 0). */
 int mg_http_server_port(const mg_http_server_t *s);
 /* Stop listening, close all connections, free in the last close callback. */
