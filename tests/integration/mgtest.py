@@ -909,7 +909,10 @@ def big_body(nbytes):
     if _BIG_BODY is None or len(_BIG_BODY) < nbytes:
         line_len = len('big_metric{i="00000000"} 1\n')
         n = nbytes // line_len + 1
-        _BIG_BODY = "".join(f'big_metric{{i="{i:08d}"}} 1\n' for i in range(n)).encode()
+        step = 100_000
+        _BIG_BODY = b"".join(
+            "".join([f'big_metric{{i="{i:08d}"}} 1\n' for i in range(lo, min(n, lo + step))]).encode()
+            for lo in range(0, n, step))
     return _BIG_BODY
 
 
@@ -991,7 +994,7 @@ class FakeTarget:
                 elif mode == "garbage":
                     self._respond(conn, self.GARBAGE)
                 elif mode == "big":
-                    self._respond(conn, big_body(self.big_bytes)[:self.big_bytes])
+                    self._respond(conn, memoryview(big_body(self.big_bytes))[:self.big_bytes])
                 elif mode == "cut":
                     body = big_body(1000)[:1000]
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"

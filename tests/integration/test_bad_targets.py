@@ -190,6 +190,45 @@ def run(c):
         c.check("exits 0 on SIGTERM with a scrape hanging", rc == 0 and secs < 15, f"rc={rc} after {secs:.1f}s")
 
 
+# moongate's default body limit (core/mg_scrape.h MG_SCRAPE_DEFAULT_BODY_LIMIT,
+# 100 MiB); Prometheus' default is no limit, so the reference run skips this.
+DEFAULT_LIMIT = 100 << 20
+
+
+def run_default_limit(c):
+    """No body_size_limit in the job: a body just over moongate's default
+    limit must fail with a size reason, without holding more than about one
+    limit's worth of memory."""
+    with mgtest.Harness("bad-default-limit") as h:
+        rx = h.add_server(mgtest.FakeReceiver())
+        t = h.add_server(mgtest.FakeTarget("big", big_bytes=DEFAULT_LIMIT + (4 << 20)))
+        cfg = h.write("default.yml", f"""scrape_configs:
+  - job_name: huge
+    scrape_interval: 5s
+    scrape_timeout: 4s
+    static_configs:
+      - targets: ["{t.addr}"]
+remote_write:
+  - url: {rx.write_url}
+    name: fake
+""")
+        gw = mgtest.start_moongate(h, cfg)
+        ups = wait_for("a scrape of the huge target", lambda: [
+            p for v in rx.find("up", job="huge", instance=t.addr).values() for p in v], 30)
+        c.check(f"default limit: a {(DEFAULT_LIMIT + (4 << 20)) >> 20} MiB body gives up == 0",
+                all(v == 0 for _, v in ups), f"{ups}")
+        recs = [e for e in mgtest.log_events(gw.stderr(), "scrape_failed") if t.addr in e["_raw"]]
+        c.check("default limit: scrape_failed names the size limit",
+                any(re.search(REASONS["big"], e["_raw"], re.I) for e in recs),
+                recs[0]["_raw"] if recs else "no scrape_failed line")
+        c.check("default limit: no sample of the body reached the receiver", not rx.find("big_metric"))
+        hwm = vm_hwm_mb(gw.pid)
+        c.check("default limit: peak RSS below 2x the limit", hwm is not None and hwm < 2 * (DEFAULT_LIMIT >> 20),
+                f"VmHWM {hwm:.0f} MB" if hwm else "")
+        rc, secs = gw.stop(timeout=15)
+        c.check("default limit: exits 0 on SIGTERM", rc == 0, f"rc={rc} after {secs:.1f}s")
+
+
 def main():
     c = mgtest.Checks()
     why = None if mgtest.reference_mode() else mgtest.moongate_usable()
@@ -200,6 +239,11 @@ def main():
             run(c)
         except Exception as e:  # noqa: BLE001
             c.crashed("bad targets", e)
+        if not mgtest.reference_mode():
+            try:
+                run_default_limit(c)
+            except Exception as e:  # noqa: BLE001
+                c.crashed("default body limit", e)
     c.finish()
 
 
