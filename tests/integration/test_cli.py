@@ -7,6 +7,7 @@ print the plan (job, target, destination).
 """
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -171,7 +172,7 @@ def run_checks(c):
         rc, out, err = mg("--help")
         c.check("--help: exit 0", rc == 0, f"rc={rc}")
         for w in ("run", "check", "--listen", "--data-dir", "--log-level", "--version"):
-            c.check(f"--help: mentions {w}", w in out + err, short(out + err, 120))
+            c.check(f"--help: mentions {w}", w in out + err, "" if w in out + err else short(out + err, 200))
 
         # check: valid configs print the plan.
         lua = h.write("valid.lua", VALID_LUA)
@@ -226,6 +227,17 @@ def run_checks(c):
         expect_error(c, "run lua syntax error", ["run", h.path("syntax.lua"), "--listen",
                                                  f"127.0.0.1:{mgtest.free_port()}", "--data-dir", h.path("d2")],
                      "syntax.lua", 5)
+        # run refuses a --listen address it cannot bind (here: taken).
+        busy = socket.socket()
+        try:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            addr = f"127.0.0.1:{busy.getsockname()[1]}"
+            expect_error(c, "run with --listen on a busy port", ["run", lua, "--listen", addr,
+                                                                 "--data-dir", h.path("d4")],
+                         addr, None, [r"in use|EADDRINUSE|bind"])
+        finally:
+            busy.close()
         # Bad usage.
         expect_error(c, "unknown command", ["frobnicate"], "frobnicate", None, [r"usage"])
         expect_error(c, "bad --log-level", ["run", lua, "--log-level", "loud", "--data-dir", h.path("d3")],
