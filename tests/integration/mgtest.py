@@ -7,6 +7,7 @@ Must not: touch anything but 127.0.0.1, sleep as an assertion, or leave a
 process or temp dir behind (Harness stops and removes them, also on failure).
 """
 
+import hashlib
 import http.server
 import json
 import math
@@ -804,8 +805,13 @@ class FakeReceiver:
     """A remote-write 1.0 endpoint on loopback that decodes every request,
     records wire-format violations, and keeps all samples by series."""
 
-    def __init__(self, ua_prefix="moongate/"):
+    def __init__(self, ua_prefix="moongate/", policy=None):
+        """policy(n, body) -> None (answer 204) or (code, headers, body) for
+        the n-th request (1-based); samples are kept only for 2xx answers.
+        self.answers lists (n, code, sha256 of the body, monotonic time)."""
         self.ua_prefix = ua_prefix
+        self.policy = policy
+        self.answers = []
         self.lock = threading.Lock()
         self.samples = {}       # series_key -> [(ts_ms, value)]
         self.requests = 0
@@ -823,10 +829,13 @@ class FakeReceiver:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                code = recv._handle(self.path, dict(self.headers), body)
+                code, hdrs, rbody = recv._handle(self.path, dict(self.headers), body)
                 self.send_response(code)
-                self.send_header("Content-Length", "0")
+                for k, v in hdrs.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(rbody)))
                 self.end_headers()
+                self.wfile.write(rbody)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.httpd.daemon_threads = True
@@ -845,6 +854,9 @@ class FakeReceiver:
         with self.lock:
             self.requests += 1
             self.headers_seen = h
+            answer = self.policy(self.requests, body) if self.policy else None
+            code, rhdrs, rbody = answer or (204, {}, b"")
+            self.answers.append((self.requests, code, hashlib.sha256(body).hexdigest(), time.monotonic()))
             if path != "/api/v1/write":
                 self._violation(f"path {path}")
             want = {"content-encoding": "snappy", "content-type": "application/x-protobuf",
@@ -858,7 +870,9 @@ class FakeReceiver:
                 req = decode_write_request(snappy_decompress(body))
             except Exception as e:  # noqa: BLE001
                 self._violation(f"undecodable body ({len(body)} bytes): {e}")
-                return 400
+                return 400, {}, b"undecodable"
+            if not 200 <= code < 300:
+                return code, rhdrs, rbody
             now = now_ms()
             for ts in req["timeseries"]:
                 names = [n for n, _ in ts["labels"]]
@@ -876,7 +890,7 @@ class FakeReceiver:
                     if abs(t - now) > 300_000:
                         self._violation(f"timestamp {t} is {t - now} ms from now")
                     lst.append((t, v))
-        return 204
+        return code, rhdrs, rbody
 
     def find(self, name, **labels):
         """{series_key: [(ts, v)]} of series with this name and labels."""
