@@ -4,6 +4,7 @@
  * Every read is bounds-checked; the body has no terminator to rely on. */
 #include "mg_parse.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,35 @@ enum {
 static const uint8_t cls[256] = {R64_(0), R64_(64), R64_(128), R64_(192)};
 
 #define CL(p) cls[*(const uint8_t *)(p)]
+
+/* Label values are most of a body's bytes. Scan them a word at a time for
+ * the bytes that need a closer look ('"', '\\', '\n', >= 0x80). In each
+ * zero-byte test below, a false hit can only sit above a true one, so the
+ * lowest set bit is always a real match. */
+#define ONES_ 0x0101010101010101ULL
+#define HIGHS_ 0x8080808080808080ULL
+static inline uint64_t bytes_eq(uint64_t x, uint8_t b) {
+  uint64_t y = x ^ (ONES_ * b);
+  return (y - ONES_) & ~y & HIGHS_;
+}
+
+static const char *scan_value(const char *p, const char *end) {
+  while (end - p >= 8) {
+    uint64_t x;
+    memcpy(&x, p, sizeof x);
+    uint64_t hit = bytes_eq(x, '"') | bytes_eq(x, '\\') | bytes_eq(x, '\n') | (x & HIGHS_);
+    if (hit) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      return p + (__builtin_ctzll(hit) >> 3);
+#else
+      break; /* byte order would need clz; finish bytewise */
+#endif
+    }
+    p += 8;
+  }
+  while (p < end && !(CL(p) & C_LVSPEC)) p++;
+  return p;
+}
 
 static const char *skip_blank(const char *p, const char *end) {
   while (p < end && (*p == ' ' || *p == '\t')) p++;
@@ -120,6 +150,33 @@ static const uint64_t pow10_u64[16] = {1ULL,
                                        100000000000000ULL,
                                        1000000000000000ULL};
 #define TWO53 (1ULL << 53)
+
+#if defined(__x86_64__) && LDBL_MANT_DIG == 64
+/* Go's shortest formatting gives many exporter values 16-17 digits, past
+ * Clinger's 2^53 bound. x87 extended precision holds every 19-digit
+ * mantissa and 10^k up to k = 27 (5^27 < 2^63) exactly, so m*10^k or m/10^k
+ * is a single rounding to 64 bits. Rounding that to 53 bits gives the
+ * correctly rounded double unless it landed exactly on a midpoint between
+ * two doubles (extra 11 bits 10000000000), where the first rounding may
+ * have erased which side the true value was on: leave those to strtod.
+ * Results lie within 1e-27..1e46, so double overflow and subnormals cannot
+ * occur here. If someone lowered the x87 precision to 53 bits, the first
+ * rounding is already the final one and the extra bits are zero. */
+#define HAVE_EXT_PATH 1
+static const long double pow10_ext[28] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+                                          1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+                                          1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+
+static bool ext_path(uint64_t mant, int64_t e10, double *out) {
+  if (e10 < -27 || e10 > 27) return false;
+  long double r = e10 < 0 ? (long double)mant / pow10_ext[-e10] : (long double)mant * pow10_ext[e10];
+  uint64_t sig; /* x86 extended: the low 8 bytes are the significand */
+  memcpy(&sig, &r, sizeof sig);
+  if ((sig & 0x7FF) == 0x400) return false;
+  *out = (double)r;
+  return true;
+}
+#endif
 
 /* Case-insensitive compare of s[0..n) against a lower-case word. */
 static bool eq_nocase(const char *s, size_t n, const char *word) {
@@ -314,6 +371,12 @@ int mg_parse_float(const char *s, size_t n, double *out) {
         return 0;
       }
     }
+#ifdef HAVE_EXT_PATH
+    if (ext_path(mant, e10, &v)) {
+      *out = neg ? -v : v;
+      return 0;
+    }
+#endif
   }
   return parse_float_slow(s, n, out);
 }
@@ -386,7 +449,7 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
     const char *open_ls = st->ls;
     bool esc = false;
     for (;;) {
-      while (p < end && !(CL(p) & C_LVSPEC)) p++;
+      p = scan_value(p, end);
       if (p >= end) return fail_at(st, open_line, open_ls, open, "unterminated label value");
       char c = *p;
       if (c == '"') break;
@@ -441,9 +504,12 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
  * goes through a small hash table so a hostile body stays linear. */
 static long find_duplicate(const mg_parse_label_t *l, size_t n) {
   if (n <= 16) {
+    /* Length and first byte rule out nearly every pair without memcmp. */
     for (size_t i = 1; i < n; i++)
       for (size_t j = 0; j < i; j++)
-        if (mg_str_eq(l[i].name, l[j].name)) return (long)i;
+        if (l[i].name.n == l[j].name.n && l[i].name.p[0] == l[j].name.p[0] &&
+            memcmp(l[i].name.p, l[j].name.p, l[i].name.n) == 0)
+          return (long)i;
     return -1;
   }
   enum { SLOTS = 2 * MG_PARSE_MAX_LABELS }; /* load factor <= 1/2 */

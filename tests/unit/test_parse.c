@@ -410,6 +410,62 @@ MG_TEST(nul_and_utf8_in_label_values) {
   rec_free(r);
 }
 
+/* Label values are scanned a word at a time: put every kind of special
+ * byte at every offset of a word, and end the body right after a value. */
+MG_TEST(label_value_scan_every_offset) {
+  const char *specials[] = {"\\\"", "\\\\", "\xc3\xa9", "\xf0\x9f\x98\x80", "\\n"};
+  char value[64], line[128];
+  rec_t *r = rec_new();
+  mg_parse_error_t e;
+  for (size_t sp = 0; sp < sizeof specials / sizeof *specials; sp++) {
+    for (size_t k = 0; k < 20; k++) {
+      size_t w = 0;
+      for (size_t i = 0; i < k; i++) value[w++] = (char)('a' + i % 26);
+      w += (size_t)snprintf(value + w, sizeof value - w, "%s", specials[sp]);
+      for (size_t i = 0; i < 19 - k; i++) value[w++] = 'z';
+      value[w] = '\0';
+      for (int om = 0; om < 2; om++) {
+        int n = snprintf(line, sizeof line, "m{v=\"%s\",w=\"%s\"} 1\n%s", value, value, om ? "# EOF\n" : "");
+        r->ns = 0;
+        CHECK_INT(run_n(line, (size_t)n, om ? MG_FMT_OPENMETRICS : MG_FMT_PROM_TEXT, r, &e), 0);
+        CHECK_INT(r->ns, 1);
+      }
+      /* Views need the body alive: parse the stack buffer itself. */
+      int n = snprintf(line, sizeof line, "m{v=\"%s\"} 1", value);
+      r->ns = 0;
+      CHECK_INT(mg_parse(line, (size_t)n, MG_FMT_PROM_TEXT, &rec_cb, r, &e), 0);
+      REQUIRE(r->ns == 1);
+      CHECK_MEM(r->s[0].labels[0].value.p, r->s[0].labels[0].value.n, value, w);
+      CHECK(r->s[0].labels[0].escaped == (specials[sp][0] == '\\'));
+      /* The same value cut before its closing quote never reads past n. */
+      size_t cut = strlen("m{v=\"") + w;
+      CHECK_INT(run_n(line, cut, MG_FMT_PROM_TEXT, r, &e), MG_EPARSE);
+      CHECK_STR(e.msg, "unterminated label value");
+    }
+  }
+  /* Bytes that must stop the scan and fail, at every offset: a word-wise
+   * scan that skipped them would accept the line. */
+  const struct {
+    const char *bytes;
+    mg_parse_format_t fmt;
+    const char *msg;
+  } bad[] = {
+      {"\xff", MG_FMT_PROM_TEXT, "invalid UTF-8 in label value"},
+      {"\xc3z", MG_FMT_OPENMETRICS, "invalid UTF-8 in label value"},
+      {"\n", MG_FMT_OPENMETRICS, "unterminated label value"},
+  };
+  for (size_t b = 0; b < sizeof bad / sizeof *bad; b++) {
+    for (size_t k = 0; k < 20; k++) {
+      int n = snprintf(line, sizeof line, "m{v=\"%.*s%s%.*s\"} 1\n# EOF\n", (int)k, "abcdefghijklmnopqrstuvwxyz",
+                       bad[b].bytes, (int)(19 - k), "zzzzzzzzzzzzzzzzzzzz");
+      CHECK_INT(run_n(line, (size_t)n, bad[b].fmt, r, &e), MG_EPARSE);
+      CHECK_STR(e.msg, bad[b].msg);
+      CHECK_INT(e.column, strlen("m{v=\"") + k + 1);
+    }
+  }
+  rec_free(r);
+}
+
 MG_TEST(same_series_same_bytes) {
   const char *body = "x{a=\"1\"} 1\nx{a=\"1\"} 2\nx{a=\"2\"} 3\n";
   rec_t *r = rec_new();
@@ -1003,6 +1059,15 @@ MG_TEST(float_random_vs_strtod) {
     failures += check_against_strtod(s);
     total++;
   }
+  /* 4) Long mantissas with moderate exponents: the values Go prints with
+   *    16-19 digits, past Clinger's 2^53 bound. */
+  for (int i = 0; i < 60000 && failures < 20; i++) {
+    uint64_t m = rnd() % 10000000000000000000ULL;
+    int ex = (int)(rnd() % 61) - 30;
+    snprintf(s, sizeof s, "%llue%d", (unsigned long long)m, ex);
+    failures += check_against_strtod(s);
+    total++;
+  }
   CHECK(total >= 100000);
   CHECK_INT(failures, 0);
 }
@@ -1017,6 +1082,15 @@ MG_TEST(float_hand_picked) {
       "123456789012345678901234567890", "1e22", "1e-22", "123e25", "9007199254740991e15", "9007199254740993e15",
       "0.000000000000000000000000000000000000001", "1E5", "1e+05", "1e-0", "3.14159265358979323846264338327950288",
       "100000000000000000000000", "1.00000000000000011102230246251565404236316680908203125",
+      /* 2^54+2 is a midpoint between doubles, reached exactly by 64-bit
+       * division; the second one lies just above it. */
+      "180143985094819860e-1", "180143985094819860.1e-1", "9999999999999999999e27", "9999999999999999999e-27",
+      "7.424100000000001e-05", "0.043104052000000001",
+      /* Their product or quotient rounded to 64 bits lands exactly on a
+       * midpoint between doubles although the true value does not: rounding
+       * that again would go the wrong way, so these must reach strtod. */
+      "7103635549172574555e10", "7030521072899646828e23", "3872312348450203240e-10", "4848031258970785227e16",
+      "7434049568653262554e-16", "6037253928853264332e-9",
       "1.00000000000000011102230246251565404236316680908203124", "7.2057594037927933e16", "1.5e-7",
   };
   for (size_t i = 0; i < sizeof good / sizeof *good; i++) check_against_strtod(good[i]);
