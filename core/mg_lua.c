@@ -51,6 +51,7 @@ struct mg_lua_vm {
   size_t mem_used;
   size_t ceiling; /* current allocator ceiling (<= opts.mem_limit + headroom) */
   bool mem_hit;   /* the allocator refused a request since the call began */
+  bool bootstrap; /* inside lua_newstate: see vm_alloc */
 
   int depth; /* nesting of vm_pcall */
   uint64_t steps, max_steps;
@@ -64,8 +65,18 @@ struct mg_lua_vm {
   uint64_t log_suppressed;
 };
 
-/* Registry keys: addresses of these statics. */
+/* Registry keys: addresses of these statics. The key_fn_* entries are C
+ * functions created once at setup, so running them later allocates
+ * nothing outside a protected call: in LuaJIT an allocation failure
+ * outside lua_pcall is fatal (panic, then exit). */
 static char key_template, key_loaded, key_native, key_loading;
+static char key_fn_handler, key_fn_env, key_fn_prepare;
+
+/* Push registry[key] (no allocation: light userdata key, existing value). */
+static void push_reg(lua_State *L, void *key) {
+  lua_pushlightuserdata(L, key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+}
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -87,7 +98,12 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     vm->mem_hit = true; /* LuaJIT raises LUA_ERRMEM ("not enough memory") */
     return NULL;
   }
-  void *np = mg_realloc(ptr, nsize);
+  /* LuaJIT 2.1.0-beta3 (Debian 12) crashes when an allocation fails
+   * inside lua_newstate after the first one: it closes the half-built
+   * state. Those few allocations bypass mg_mem's fault injection so
+   * torture runs test our code, not that bug; a real OOM there is as
+   * fatal as before. Everything after lua_newstate is injectable. */
+  void *np = vm->bootstrap ? realloc(ptr, nsize) : mg_realloc(ptr, nsize);
   if (!np) {
     if (nsize > old) return NULL;
     /* Lua requires shrinking to succeed; the old block is big enough.
@@ -155,6 +171,7 @@ static int l_print(lua_State *L) {
 }
 
 static int read_file(const char *path, char **out, size_t *outlen, char *why, size_t whysz);
+static void env_new(lua_State *L);
 
 static bool valid_modname(const char *s) {
   /* lowercase words separated by dots: no "..", no "/", nothing absolute */
@@ -205,7 +222,7 @@ static int l_require(lua_State *L) {
   int st = luaL_loadbufferx(L, buf, len, chunkname, "t");
   mg_free(buf);
   if (st != 0) return lua_error(L);
-  mg_lua_push_env(vm);
+  env_new(L);
   lua_setfenv(L, -2); /* 3: chunk */
   lua_pushlightuserdata(L, &key_loading);
   lua_setfield(L, 2, name);
@@ -242,8 +259,8 @@ static void copy_fields(lua_State *L, int from, int to) {
   }
 }
 
-void mg_lua_push_env(mg_lua_vm_t *vm) {
-  lua_State *L = vm->L;
+/* Push a fresh sandbox environment. Allocates: protected contexts only. */
+static void env_new(lua_State *L) {
   lua_newtable(L);
   int env = lua_gettop(L);
   lua_pushlightuserdata(L, &key_template);
@@ -265,6 +282,30 @@ void mg_lua_push_env(mg_lua_vm_t *vm) {
   lua_setfield(L, env, "_G");
 }
 
+static int fn_env(lua_State *L) {
+  env_new(L);
+  return 1;
+}
+
+/* prepare(chunk) -> chunk, with a fresh sandbox and the JIT off for it and
+ * every function it defines. */
+static int fn_prepare(lua_State *L) {
+  lua_settop(L, 1);
+  env_new(L);
+  lua_setfenv(L, 1);
+  luaJIT_setmode(L, 1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
+  return 1;
+}
+
+int mg_lua_push_env(mg_lua_vm_t *vm) {
+  push_reg(vm->L, &key_fn_env);
+  if (lua_pcall(vm->L, 0, 1, 0) != 0) {
+    lua_pop(vm->L, 1);
+    return MG_ENOMEM;
+  }
+  return 0;
+}
+
 static const char *const base_names[] = {
     "assert", "error",    "getmetatable", "ipairs",   "next",     "pairs",  "pcall",  "rawequal",
     "rawget", "rawset",   "select",       "setmetatable", "tonumber", "tostring", "type", "unpack",
@@ -275,6 +316,18 @@ static void open_lib(lua_State *L, lua_CFunction f, const char *name) {
   lua_pushcfunction(L, f);
   lua_pushstring(L, name);
   lua_call(L, 1, 0);
+}
+
+static int traceback_handler(lua_State *L);
+
+/* Without a protected call around it, an error (out of memory while
+ * pushing from C) ends the process; say why before LuaJIT exits. */
+static int panic(lua_State *L) {
+  const char *m = lua_tostring(L, -1);
+  char q[600];
+  MG_ERROR("lua", "lua_panic", "err=%s hint=\"unprotected Lua error, moongate exits\"",
+           mg_log_q(q, sizeof q, m ? m : "?", strlen(m ? m : "?")));
+  return 0;
 }
 
 /* Runs under lua_cpcall so an allocation failure is an error, not a panic. */
@@ -341,6 +394,16 @@ static int setup(lua_State *L) {
   lua_pushvalue(L, tpl);
   lua_rawset(L, LUA_REGISTRYINDEX);
 
+  static const struct {
+    char *key;
+    lua_CFunction fn;
+  } fns[] = {{&key_fn_handler, traceback_handler}, {&key_fn_env, fn_env}, {&key_fn_prepare, fn_prepare}};
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    lua_pushlightuserdata(L, fns[i].key);
+    lua_pushcfunction(L, fns[i].fn);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+
   lua_pushlightuserdata(L, &key_loaded);
   lua_newtable(L);
   lua_rawset(L, LUA_REGISTRYINDEX);
@@ -381,10 +444,16 @@ int mg_lua_vm_new(const mg_lua_opts_t *opts, mg_lua_vm_t **out) {
   char dir[PATH_MAX];
   if (mg_lua_find_dir(&vm->opts, dir, sizeof dir) == 0) vm->lua_dir = dup_opt(dir, &oom);
   vm->ceiling = vm->opts.mem_limit;
-  if (oom || !(vm->L = lua_newstate(vm_alloc, vm))) {
+  if (!oom) {
+    vm->bootstrap = true;
+    vm->L = lua_newstate(vm_alloc, vm);
+    vm->bootstrap = false;
+  }
+  if (oom || !vm->L) {
     mg_lua_vm_free(vm);
     return MG_ENOMEM;
   }
+  lua_atpanic(vm->L, panic);
   if (lua_cpcall(vm->L, setup, vm) != 0) {
     mg_lua_vm_free(vm);
     return MG_ENOMEM; /* setup only allocates */
@@ -579,9 +648,13 @@ int mg_lua_load_file(mg_lua_vm_t *vm, const char *path, mg_conf_error_t *err) {
     lua_pop(L, 1);
     return st == LUA_ERRMEM ? MG_ENOMEM : MG_ELUA;
   }
-  mg_lua_push_env(vm);
-  lua_setfenv(L, -2);
-  luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
+  push_reg(L, &key_fn_prepare);
+  lua_insert(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    lua_pop(L, 1);
+    set_err(err, path, 0, "out of memory");
+    return MG_ENOMEM;
+  }
   return 0;
 }
 
@@ -672,7 +745,7 @@ static int vm_pcall(mg_lua_vm_t *vm, int nargs, int nresults, const mg_lua_budge
       hooked = true;
     }
   }
-  lua_pushcfunction(L, traceback_handler);
+  push_reg(L, &key_fn_handler);
   lua_insert(L, fn);
   vm->depth++;
   int st = lua_pcall(L, nargs, nresults, fn);

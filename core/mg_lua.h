@@ -117,7 +117,12 @@ int mg_lua_run_file(mg_lua_vm_t *vm, const char *path, mg_conf_error_t *err);
  * and returns MG_ELUA; mg_lua_vm_error has the message. Never exits.
  * A budget is enforced through the VM-wide count hook: the function must
  * run interpreted (loaded by mg_lua_load_file, or mg_lua_jit_off). Nested
- * calls (C called from Lua calling back) run under the outer budget. */
+ * calls (C called from Lua calling back) run under the outer budget.
+ * Out of memory: in LuaJIT an allocation failure outside a protected call
+ * is fatal (logged as event=lua_panic, then the process exits). Pushing
+ * existing values (lua_pushvalue, numbers, booleans, light userdata, refs)
+ * never allocates; to build strings or tables as arguments, do it inside
+ * a lua_CFunction run with lua_cpcall and call mg_lua_call from there. */
 int mg_lua_call(mg_lua_vm_t *vm, const char *what, int nargs, int nresults, const mg_lua_budget_t *budget);
 
 /* jit.off(fn, true) for the function at idx: flush its compiled traces and
@@ -127,8 +132,9 @@ int mg_lua_call(mg_lua_vm_t *vm, const char *what, int nargs, int nresults, cons
  * function). */
 int mg_lua_jit_off(mg_lua_vm_t *vm, int idx);
 
-/* Push a fresh sandbox environment table (what a script sees as _G). */
-void mg_lua_push_env(mg_lua_vm_t *vm);
+/* Push a fresh sandbox environment table (what a script sees as _G).
+ * Returns 0, or MG_ENOMEM with nothing pushed. */
+int mg_lua_push_env(mg_lua_vm_t *vm);
 
 /* Split a Lua error message "src:line: text" into err. src is matched
  * against path so a "..."-shortened source name gives back the full path;

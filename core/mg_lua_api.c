@@ -50,7 +50,7 @@ typedef struct api {
   size_t ndests, dests_cap;
 } api_t;
 
-static char key_api;
+static char key_api, key_dest_mt;
 
 static api_t *api_of(lua_State *L) { return *(api_t **)lua_touserdata(L, lua_upvalueindex(1)); }
 
@@ -143,6 +143,17 @@ static int rd_get(rd_t *r, int t, const char *k) {
 
 static int rd_type(rd_t *r, const char *k, const char *want) {
   return rd_fail(r, MG_EINVAL, "internal error: field '%s' is a %s, not a %s", k, luaL_typename(r->L, -1), want);
+}
+
+/* Push t[k]; return it if it is a string without NUL bytes, else NULL.
+ * Borrowed while it stays on the stack: the builders read names this way
+ * instead of copying, because any Lua call may raise (out of memory) and
+ * a malloc'd copy held across it would leak. */
+static const char *rd_peek(rd_t *r, int t, const char *k) {
+  size_t n;
+  if (rd_get(r, t, k) != LUA_TSTRING) return NULL;
+  const char *s = lua_tolstring(r->L, -1, &n);
+  return strlen(s) == n ? s : NULL;
 }
 
 static int rd_str(rd_t *r, int t, const char *k, char **slot, bool secret) {
@@ -343,11 +354,10 @@ static int targets_build(rd_t *r, mg_conf_job_t *j) {
     lua_rawgeti(L, list, (int)i);
     int e = lua_gettop(L);
     if (!lua_istable(L, e)) return rd_type(r, "targets[]", "table");
-    char *address = NULL;
-    if (rd_str(r, e, "address", &address, false) < 0) return r->rc;
+    const char *address = rd_peek(r, e, "address");
     if (!address) return rd_fail(r, MG_EINVAL, "internal error: target without address");
     mg_conf_target_t *t = mg_conf_job_add_target(j, address);
-    mg_free(address);
+    lua_pop(L, 1);
     if (!t) return rd_oom(r);
     TRY(rd_pairs(r, e, "labels", &t->labels));
     lua_pop(L, 1);
@@ -381,8 +391,7 @@ static int l_scrape(lua_State *L) {
   rd_t r;
   api_t *api = builder_enter(L, &r);
   if (!api) return builder_fail(L, &r, false);
-  char *name = NULL;
-  if (rd_str(&r, 1, "job", &name, false) < 0) return builder_fail(L, &r, true);
+  const char *name = rd_peek(&r, 1, "job"); /* stays at index 2 */
   if (!name) {
     rd_fail(&r, MG_EINVAL, "internal error: job without a name");
     return builder_fail(L, &r, true);
@@ -393,7 +402,6 @@ static int l_scrape(lua_State *L) {
       char w[300];
       rd_fail(&r, MG_EINVAL, "field 'job': \"%.100s\" is already the name of the job declared%s", name,
               where(&api->jobs[i], w, sizeof w));
-      mg_free(name);
       return builder_fail(L, &r, false);
     }
   api->building = true;
@@ -402,7 +410,6 @@ static int l_scrape(lua_State *L) {
     size_t ncap = api->jobs_cap ? api->jobs_cap * 2 : 8;
     pos_t *p = mg_reallocarray(api->jobs, ncap, sizeof *p);
     if (!p) {
-      mg_free(name);
       rd_oom(&r);
       return builder_fail(L, &r, true);
     }
@@ -410,7 +417,6 @@ static int l_scrape(lua_State *L) {
     api->jobs_cap = ncap;
   }
   mg_conf_job_t *j = mg_conf_add_job(c, name);
-  mg_free(name);
   if (!j) {
     rd_oom(&r);
     return builder_fail(L, &r, true);
@@ -471,18 +477,12 @@ static int l_destination(lua_State *L) {
   rd_t r;
   api_t *api = builder_enter(L, &r);
   if (!api) return builder_fail(L, &r, false);
-  char *kind = NULL, *name = NULL;
-  if (rd_str(&r, 1, "kind", &kind, false) < 0 || rd_str(&r, 1, "name", &name, false) < 0) {
-    mg_free(kind);
-    mg_free(name);
-    return builder_fail(L, &r, true);
-  }
+  const char *kind = rd_peek(&r, 1, "kind"); /* index 2 */
+  const char *name = rd_peek(&r, 1, "name"); /* index 3 */
   mg_dest_kind_t k = MG_DEST_REMOTE_WRITE;
   bool known = kind && (strcmp(kind, "remote_write") == 0 || (strcmp(kind, "stdout") == 0 && (k = MG_DEST_STDOUT)) ||
                         (strcmp(kind, "file") == 0 && (k = MG_DEST_FILE)));
-  mg_free(kind);
   if (!known || !name) {
-    mg_free(name);
     rd_fail(&r, MG_EINVAL, "internal error: destination without a known kind or a name");
     return builder_fail(L, &r, true);
   }
@@ -491,36 +491,33 @@ static int l_destination(lua_State *L) {
       char w[300];
       rd_fail(&r, MG_EINVAL, "field 'name': \"%.100s\" is already the name of the destination declared%s", name,
               where(&api->dests[i]->pos, w, sizeof w));
-      mg_free(name);
       return builder_fail(L, &r, false);
     }
   api->building = true;
-  /* The handle first (it can fail on its own); then the entry, which the
-   * handle points at once both exist. */
+  /* The handle first: creating it may raise. From here to *ud = e only C
+   * runs, so nothing allocated below can leak through a Lua error. */
   dest_t **ud = lua_newuserdata(L, sizeof *ud);
   *ud = NULL;
-  luaL_getmetatable(L, DEST_MT);
+  lua_pushlightuserdata(L, &key_dest_mt);
+  lua_rawget(L, LUA_REGISTRYINDEX);
   lua_setmetatable(L, -2);
-  dest_t *e = mg_calloc(1, sizeof *e);
-  if (!e) {
-    mg_free(name);
-    rd_oom(&r);
-    return builder_fail(L, &r, true);
-  }
-  e->name = name;
-  e->kind = k;
   if (api->ndests == api->dests_cap) {
     size_t ncap = api->dests_cap ? api->dests_cap * 2 : 4;
     dest_t **p = mg_reallocarray(api->dests, ncap, sizeof *p);
     if (!p) {
-      mg_free(e->name);
-      mg_free(e);
       rd_oom(&r);
       return builder_fail(L, &r, true);
     }
     api->dests = p;
     api->dests_cap = ncap;
   }
+  dest_t *e = mg_calloc(1, sizeof *e);
+  if (!e || !(e->name = mg_strdup(name))) {
+    mg_free(e);
+    rd_oom(&r);
+    return builder_fail(L, &r, true);
+  }
+  e->kind = k;
   mg_conf_dest_t *d = mg_conf_add_dest(api->conf, name, k);
   if (!d) {
     mg_free(e->name);
@@ -575,9 +572,16 @@ static const luaL_Reg dest_meta[] = {
     {NULL, NULL},
 };
 
+/* Called from C, maybe outside a protected call: so no luaL_testudata
+ * (its name lookup allocates); the metatable is found by a light key. */
 int mg_lua_api_todest(lua_State *L, int idx, size_t *index) {
-  dest_t **ud = luaL_testudata(L, idx, DEST_MT);
-  if (!ud || !*ud) return MG_EINVAL;
+  dest_t **ud = lua_touserdata(L, idx);
+  if (!ud || !lua_getmetatable(L, idx)) return MG_EINVAL;
+  lua_pushlightuserdata(L, &key_dest_mt);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  bool same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (!same || !*ud) return MG_EINVAL;
   *index = (*ud)->index;
   return 0;
 }
@@ -674,6 +678,9 @@ static int open_api(lua_State *L) {
   /* getmetatable(handle) returns this string: scripts cannot swap methods. */
   lua_pushliteral(L, DEST_MT);
   lua_setfield(L, -2, "__metatable");
+  lua_pushlightuserdata(L, &key_dest_mt);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   return 0;
 }
 

@@ -19,6 +19,7 @@
 #include "mg_err.h"
 #include "mg_log.h"
 #include "mg_lua.h"
+#include "mg_mem.h"
 #include "mg_lua_api.h"
 #include "mg_metrics.h"
 #include "mg_test.h"
@@ -647,7 +648,7 @@ static void push_loop_fn(mg_lua_vm_t *vm) {
   lua_State *L = mg_lua_vm_state(vm);
   const char *src = "return function(n) local i = 0 while n == nil or i < n do i = i + 1 end return i end";
   if (luaL_loadbuffer(L, src, strlen(src), "=loop") != 0) abort();
-  mg_lua_push_env(vm);
+  if (mg_lua_push_env(vm) != 0) abort();
   lua_setfenv(L, -2);
   lua_call(L, 0, 1);
 }
@@ -818,6 +819,47 @@ MG_TEST(errors_are_logged_with_traceback_and_rate_limited) {
   const char *second = strstr(strstr(buf, "event=lua_error") + 1, "event=lua_error");
   CHECK(second == NULL);
   mg_lua_vm_free(vm);
+  unlink(p);
+}
+
+/* Fail each allocation of a full load in turn: every run either succeeds
+ * or reports an error; none crashes or leaks (ASan checks the latter). */
+MG_TEST(torture_allocation_failures) {
+  setenv("MG_TEST_LUA_URL", "http://127.0.0.1:9090/api/v1/write", 1);
+  mg_lua_opts_t o = {.listen_address = "127.0.0.1:19464"};
+  const char *p = script("torture.lua", full_script);
+  mg_conf_error_t err;
+  mg_conf_t *c = NULL;
+  FILE *logf = tmpfile(); /* keep the expected noise out of the output */
+  REQUIRE(logf);
+  mg_log_set_stream(logf);
+  uint64_t start = mg_mem_alloc_count();
+  int rc = mg_lua_load_conf(p, &o, &c, &err);
+  uint64_t total = mg_mem_alloc_count() - start;
+  CHECK_INT(rc, 0);
+  mg_conf_free(c);
+  int failed = 0, ok = 0;
+  for (uint64_t n = 1; n <= total + 10; n++) {
+    mg_mem_fail_at(n);
+    c = NULL;
+    rc = mg_lua_load_conf(p, &o, &c, &err);
+    mg_mem_fail_at(0);
+    if (rc == 0) {
+      ok++;
+      CHECK(c != NULL);
+      if (c && (c->njobs != 2 || c->ndests != 4)) MG_FAIL_("n=%" PRIu64 ": success with a partial plan", n);
+      mg_conf_free(c);
+    } else {
+      failed++;
+      CHECK(c == NULL);
+      if (rc != MG_ENOMEM && rc != MG_ELUA) MG_FAIL_("n=%" PRIu64 ": rc %s", n, mg_err_name(rc));
+    }
+  }
+  mg_log_set_stream(NULL);
+  fclose(logf);
+  printf("     torture: %" PRIu64 " allocations per load, %d runs failed cleanly\n", total, failed);
+  CHECK(failed > 0);
+  CHECK(ok > 0); /* the last runs fail past the end: all succeed */
   unlink(p);
 }
 
