@@ -356,6 +356,9 @@ __attribute__((format(printf, 2, 3))) static int fail(check_t *k, const char *fm
   va_start(ap, fmt);
   vsnprintf(e->msg + n, sizeof(e->msg) - (size_t)n, fmt, ap);
   va_end(ap);
+  /* Quoted addresses and names may hold control bytes; keep one line. */
+  for (char *m = e->msg; *m; m++)
+    if ((unsigned char)*m < 0x20 || *m == 0x7f) *m = '?';
   return MG_ECONFIG;
 }
 

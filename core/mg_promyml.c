@@ -61,6 +61,10 @@ static void set_err(mg_conf_error_t *err, const char *file, uint32_t line, const
   va_start(ap, fmt);
   vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
   va_end(ap);
+  /* Keys and values quoted from the file may hold control bytes; a message
+   * must stay one line wherever it is printed or logged. */
+  for (char *m = err->msg; *m; m++)
+    if ((unsigned char)*m < 0x20 || *m == 0x7f) *m = '?';
 }
 
 /* Error at node n, prefixed with the current key path. */
@@ -93,7 +97,7 @@ static int spend(loader_t *L, const yaml_node_t *n, uint64_t units) {
  * the path shown in an error. */
 static size_t push_key(loader_t *L, const char *key) {
   size_t old = L->plen;
-  int w = snprintf(L->path + L->plen, sizeof(L->path) - L->plen, "%s%s", L->plen ? "." : "", key);
+  int w = snprintf(L->path + L->plen, sizeof(L->path) - L->plen, "%s%s", L->plen ? "." : "", *key ? key : "\"\"");
   if (w > 0) L->plen += (size_t)w < sizeof(L->path) - L->plen ? (size_t)w : sizeof(L->path) - L->plen - 1;
   return old;
 }

@@ -88,6 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ENSURE(rc == MG_ECONFIG || rc == MG_ENOMEM || rc == MG_ETOOBIG);
   ENSURE(inject || rc != MG_ENOMEM);
   ENSURE(err.msg[0] != '\0');
+  for (const char *m = err.msg; *m; m++) ENSURE((unsigned char)*m >= 0x20 && *m != 0x7f);
   ENSURE(!strcmp(err.file, "fuzz.yml"));
   size_t lines = 1;
   /* An upper bound of libyaml's line count: \r\n counts twice here, and

@@ -383,6 +383,7 @@ MG_TEST(target_addresses) {
       {"user@x:1", "job \"node\": target \"user@x:1\": not host:port: bad character in host"},
       {"a b:1", "job \"node\": target \"a b:1\": not host:port: bad character in host"},
       {"", "job \"node\": target address is empty"},
+      {"a\nb:1", "job \"node\": target \"a?b:1\": not host:port: bad character in host"},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     mg_conf_job_t *j;

@@ -495,6 +495,10 @@ MG_TEST(type_errors) {
        "scrape_configs[0]: at most one of bearer_token and bearer_token_file may be set"},
       {"scrape_configs:\n  - job_name: a\n    ? [x]\n    : 1\n", 3, "scrape_configs[0]: mapping keys must be strings"},
       {"scrape_configs:\n  - job_name: \"a\\0b\"\n", 2, "scrape_configs[0].job_name: string contains a NUL byte"},
+      {"scrape_configs:\n  - job_name: a\n    \"\": 1\n", 3, "scrape_configs[0].\"\": not supported by this moongate version"},
+      {"scrape_configs:\n  - job_name: a\n    \"x\\ny\": 1\n", 3, "scrape_configs[0].x?y: not supported by this moongate version"},
+      {"scrape_configs:\n  - job_name: a\n    honor_labels: \"a\\r\\nb\"\n", 3,
+       "scrape_configs[0].honor_labels: expected true or false, got \"a??b\""},
       {"global:\n  scrape_interval: 1h\n  scrape_timeout: 2h\n", 0,
        "global: scrape_timeout (2h) greater than scrape_interval (1h)"},
   };
@@ -829,6 +833,28 @@ MG_TEST(load_file) {
   unlink(path);
 
   CHECK_INT(mg_promyml_load_buf("x", (size_t)MG_PROMYML_MAX_BYTES + 1, "big.yml", &c, &err), MG_ETOOBIG);
+}
+
+/* The fuzz seeds are real-looking files: all but refused.yml must import. */
+MG_TEST(fuzz_seeds_import) {
+  const char *src = getenv("MG_SOURCE_DIR");
+  REQUIRE(src);
+  static const char *const seeds[] = {"shipped.yml", "aws.yml", "bench.yml", "full.yml", "anchors.yml"};
+  char path[1024];
+  for (size_t i = 0; i < sizeof(seeds) / sizeof(seeds[0]); i++) {
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/promyml/%s", src, seeds[i]);
+    mg_conf_t *c;
+    mg_conf_error_t err;
+    int rc = mg_promyml_load(path, &c, &err);
+    if (rc) MG_FAIL_("%s:%u: %s", err.file, err.line, err.msg);
+    mg_conf_free(c);
+  }
+  snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/promyml/refused.yml", src);
+  mg_conf_t *c;
+  mg_conf_error_t err;
+  CHECK_INT(mg_promyml_load(path, &c, &err), MG_ECONFIG);
+  CHECK_INT(err.line, 4);
+  CHECK_STR(err.msg, "scrape_configs[0].metric_relabel_configs: not supported by this moongate version");
 }
 
 /* Fail each allocation in turn: every failure is reported as MG_ENOMEM
