@@ -356,6 +356,16 @@ def start_reference_prometheus(h, yml_path, name="prom_gateway"):
     return pr
 
 
+def stop_gateway(c, name, gw, timeout=15):
+    """SIGTERM the gateway; check it exits 0 within timeout; show its last
+    log lines when it does not (sanitizer reports land there)."""
+    rc, secs = gw.stop(timeout=timeout)
+    ok = c.check(name, rc == 0 and secs < timeout, f"rc={rc} after {secs:.1f}s")
+    if not ok:
+        log(f"--- last lines of {gw.name} (rc={rc}) ---\n{gw.tail(60)}")
+    return rc
+
+
 def reference_mode():
     return os.environ.get("MG_REFERENCE", "") == "prometheus"
 
@@ -1328,10 +1338,7 @@ def e2e_flow(c, prefix, receiver_kind, config_kind):
             fl = metric_sum(m, "moongate_scrapes_total", job=job, result="failure")
             c.check(f"{prefix}: moongate_scrapes_total{{result=failure}} > 0", fl is not None and fl > 0, f"{fl}")
 
-        rc, secs = gw.stop(timeout=15)
-        c.check(f"{prefix}: gateway exits 0 on SIGTERM", rc == 0 and secs < 15, f"rc={rc} after {secs:.1f}s")
-        if rc != 0:
-            h.dump_logs()
+        stop_gateway(c, f"{prefix}: gateway exits 0 on SIGTERM", gw)
 
 
 def victoria_staleness(c, prefix, api, job, t_fail, interval_s):

@@ -186,8 +186,7 @@ def run(c):
         log(f"last request headers: user-agent={hl.get('user-agent')!r} "
             f"content-type={hl.get('content-type')!r} content-encoding={hl.get('content-encoding')!r}")
 
-        rc, secs = gw.stop(timeout=15)
-        c.check("exits 0 on SIGTERM with a scrape hanging", rc == 0 and secs < 15, f"rc={rc} after {secs:.1f}s")
+        mgtest.stop_gateway(c, "exits 0 on SIGTERM with a scrape hanging", gw)
 
 
 # moongate's default body limit (core/mg_scrape.h MG_SCRAPE_DEFAULT_BODY_LIMIT,
@@ -225,8 +224,7 @@ remote_write:
         hwm = vm_hwm_mb(gw.pid)
         c.check("default limit: peak RSS below 2x the limit", hwm is not None and hwm < 2 * (DEFAULT_LIMIT >> 20),
                 f"VmHWM {hwm:.0f} MB" if hwm else "")
-        rc, secs = gw.stop(timeout=15)
-        c.check("default limit: exits 0 on SIGTERM", rc == 0, f"rc={rc} after {secs:.1f}s")
+        mgtest.stop_gateway(c, "default limit: exits 0 on SIGTERM", gw)
 
 
 def main():

@@ -115,8 +115,7 @@ remote_write:
             nviol, viol = rx.nviolations, list(rx.violations)
         c.check("wire format of every request", nviol == 0, "; ".join(viol[:5]))
         log(f"receiver: {nreq}+ requests, answers {[a[1] for a in rx.answers]}")
-        rc, secs = gw.stop(timeout=15)
-        c.check("exits 0 on SIGTERM", rc == 0, f"rc={rc} after {secs:.1f}s")
+        mgtest.stop_gateway(c, "exits 0 on SIGTERM", gw)
 
 
 def main():
