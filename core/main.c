@@ -154,7 +154,7 @@ static void on_dest_drained(void *ud) {
   a->http = NULL;
   mg_loop_unwatch_signals(&a->loop);
   mg_metrics_off_collect(collect_process, a);
-  MG_INFO("main", "stopped", "");
+  MG_INFO("main", "stopped", "exit=0");
 }
 
 static void on_stop(void *ud, int signum) {

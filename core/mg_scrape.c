@@ -79,6 +79,12 @@ struct mg_scrape {
   } *entries;
   size_t nentries, entries_cap;
   mg_buf_t scratch;
+  /* Series first seen by the scrape in progress: their hash, and a hash
+   * of their final label set (see on_series_gone). */
+  struct fresh {
+    uint64_t hash, labels_hash;
+  } *fresh;
+  size_t nfresh, fresh_cap;
   mg_buf_t *idle_bodies[MAX_IDLE_BODIES];
   size_t nidle;
   uv_timer_t meta_timer;
@@ -246,6 +252,36 @@ static int stage(scrape_ctx_t *c, uint64_t hash, const mg_label_t *labels, size_
   return 0;
 }
 
+static uint64_t labels_hash(const mg_label_t *l, size_t n) {
+  uint64_t h = 0;
+  for (size_t i = 0; i < n; i++) {
+    h = mg_hash64(l[i].name.p, l[i].name.n, h);
+    h = mg_hash64(l[i].value.p, l[i].value.n, h + 1);
+  }
+  return h;
+}
+
+static int remember_fresh(scrape_ctx_t *c, uint64_t hash, const mg_label_t *l, size_t n) {
+  mg_scrape_t *s = c->t->s;
+  if (s->nfresh == s->fresh_cap) {
+    size_t ncap = s->fresh_cap ? s->fresh_cap * 2 : 1024;
+    void *p = mg_reallocarray(s->fresh, ncap, sizeof *s->fresh);
+    if (!p) {
+      snprintf(c->err, sizeof c->err, "out of memory tracking new series");
+      return MG_ENOMEM;
+    }
+    s->fresh = p;
+    s->fresh_cap = ncap;
+  }
+  s->fresh[s->nfresh++] = (struct fresh){hash, labels_hash(l, n)};
+  return 0;
+}
+
+static int fresh_cmp(const void *a, const void *b) {
+  uint64_t x = ((const struct fresh *)a)->labels_hash, y = ((const struct fresh *)b)->labels_hash;
+  return x < y ? -1 : x > y;
+}
+
 static void stage_reset(mg_scrape_t *s) {
   mg_buf_reset(&s->staging);
   s->nentries = 0;
@@ -311,6 +347,11 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   if (c->stale_mode) {
     int n = build_labels(c, ps, labels);
     if (n < 0) return 0; /* a key that no longer builds: nothing to mark */
+    /* The same series may be back under other raw bytes (labels in another
+     * order, an empty label added): then it is not stale, and a NaN at
+     * this timestamp would clash with its fresh sample. */
+    struct fresh key = {0, labels_hash(labels, (size_t)n)};
+    if (bsearch(&key, t->s->fresh, t->s->nfresh, sizeof key, fresh_cmp)) return 0;
     return stage(c, h, labels, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM : 0;
   }
   c->samples++;
@@ -327,16 +368,17 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   }
   if (is_new) {
     c->added++;
-    e->route = MG_SERIES_ROUTE_DEFAULT;
+    e->route = MG_SERIES_ROUTE_DEFAULT | MG_SERIES_ROUTE_PENDING;
   } else if (e->epoch == tab->epoch) {
     /* Same series twice in one body: Prometheus keeps the first. */
     c->duplicates++;
     return 0;
   }
   e->epoch = tab->epoch;
-  if (e->route == MG_SERIES_ROUTE_DROP) return 0;
+  if ((e->route & ~MG_SERIES_ROUTE_PENDING) == MG_SERIES_ROUTE_DROP) return 0;
   int n = build_labels(c, ps, labels);
   if (n < 0) return MG_EPARSE;
+  if (is_new && remember_fresh(c, h, labels, (size_t)n) != 0) return MG_ENOMEM;
   c->post_relabel++;
   int64_t ts = (job->honor_timestamps && ps->has_timestamp) ? ps->timestamp_ms : c->ts_ms;
   return stage(c, h, labels, (size_t)n, ps->value, ts);
@@ -346,7 +388,9 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
  * stage a staleness marker. */
 static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
   scrape_ctx_t *c = ud;
-  if (e->route == MG_SERIES_ROUTE_DROP) return;
+  /* Dropped series were never written; pending ones were first seen by a
+   * scrape that failed, so they were never written either. */
+  if (e->route == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
   char line[8192];
   if (key.n + 4 > sizeof line) return; /* longer than any line the parser accepted into the table */
   memcpy(line, key.p, key.n);
@@ -380,6 +424,7 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
   c.t = t;
   c.ts_ms = ts_ms;
   stage_reset(s);
+  s->nfresh = 0;
   int rc = MG_EIO;
   if (body) {
     mg_series_begin(&t->series);
@@ -406,8 +451,13 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
   }
   int ok = rc == 0;
   /* Staleness: series gone from a good scrape, or everything when down. */
+  if (ok) qsort(s->fresh, s->nfresh, sizeof *s->fresh, fresh_cmp);
   mg_series_sweep(&t->series, !ok, on_series_gone, &c);
   if (ok) {
+    for (size_t i = 0; i < s->nfresh; i++) {
+      mg_series_entry_t *e = mg_series_find(&t->series, s->fresh[i].hash);
+      if (e) e->route &= (uint16_t)~MG_SERIES_ROUTE_PENDING;
+    }
     mg_buf_t tmp = t->meta;
     t->meta = t->meta_next;
     t->meta_next = tmp;
@@ -812,6 +862,7 @@ static void scrape_unref(mg_scrape_t *s) {
   mg_buf_cleanup(&s->staging);
   mg_buf_cleanup(&s->scratch);
   mg_free(s->entries);
+  mg_free(s->fresh);
   mg_free(s->targets);
   mg_free(s->jms);
   mg_free(s);

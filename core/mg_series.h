@@ -27,6 +27,10 @@ typedef struct mg_series_entry {
 #define MG_SERIES_ROUTE_UNDECIDED 0
 #define MG_SERIES_ROUTE_DEFAULT 1 /* every destination, labels as scraped */
 #define MG_SERIES_ROUTE_DROP 2
+/* Flag on route: first seen by a scrape that has not committed yet. If
+ * that scrape fails, the series was never written and gets no staleness
+ * marker. */
+#define MG_SERIES_ROUTE_PENDING 0x8000u
 
 typedef struct mg_series_table {
   mg_series_entry_t *slots;
