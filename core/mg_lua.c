@@ -53,7 +53,8 @@ struct mg_lua_vm {
   bool mem_hit;   /* the allocator refused a request since the call began */
   bool bootstrap; /* inside lua_newstate: see vm_alloc */
 
-  int depth; /* nesting of vm_pcall */
+  bool loading; /* mg_lua_run_file is running the script */
+  int depth;    /* nesting of vm_pcall */
   uint64_t steps, max_steps;
   uint64_t call_start_ns, deadline_ns;
   int hook_step;
@@ -204,6 +205,9 @@ static int l_require(lua_State *L) {
     return luaL_error(L, "require \"%s\": module requires itself (loop)", name);
   if (!lua_isnil(L, -1)) return 1;
   lua_pop(L, 1);
+  /* Reading a file from a hook would block the loop. */
+  if (!vm->loading)
+    return luaL_error(L, "require \"%s\": load time only: require modules at the top of the script", name);
   if (!vm->lua_dir)
     return luaL_error(L, "require \"%s\": moongate's Lua library directory was not found (set MOONGATE_LUA_DIR)",
                       name);
@@ -513,11 +517,20 @@ static int put_dir(char *out, size_t outsz, const char *dir) {
   return n < 0 || (size_t)n >= outsz ? MG_ETOOBIG : 0;
 }
 
+/* An explicit directory without the library is a mistake worth a line. */
+static bool explicit_dir(const char *dir, const char *what) {
+  if (has_lib(dir)) return true;
+  char q[300];
+  MG_WARN("lua", "lua_dir_ignored", "%s=%s hint=\"no readable moongate.lua there; searching the default places\"", what,
+          mg_log_q(q, sizeof q, dir, strlen(dir)));
+  return false;
+}
+
 int mg_lua_find_dir(const mg_lua_opts_t *opts, char *out, size_t outsz) {
   if (outsz) out[0] = '\0';
   const char *env = getenv("MOONGATE_LUA_DIR");
-  if (env && *env && has_lib(env)) return put_dir(out, outsz, env);
-  if (opts && opts->lua_dir && has_lib(opts->lua_dir)) return put_dir(out, outsz, opts->lua_dir);
+  if (env && *env && explicit_dir(env, "MOONGATE_LUA_DIR")) return put_dir(out, outsz, env);
+  if (opts && opts->lua_dir && explicit_dir(opts->lua_dir, "lua_dir")) return put_dir(out, outsz, opts->lua_dir);
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
@@ -820,7 +833,10 @@ int mg_lua_run_file(mg_lua_vm_t *vm, const char *path, mg_conf_error_t *err) {
   int rc = mg_lua_load_file(vm, path, err);
   if (rc < 0) return rc;
   reason_t r;
-  if (vm_pcall(vm, 0, 0, &vm->opts.load_budget, &r) != 0) {
+  vm->loading = true;
+  int st = vm_pcall(vm, 0, 0, &vm->opts.load_budget, &r);
+  vm->loading = false;
+  if (st != 0) {
     mg_lua_error_parse(vm->err, path, err);
     char qp[300], qt[2300];
     MG_DEBUG("lua", "script_failed", "script=%s reason=%s traceback=%s", mg_log_q(qp, sizeof qp, path, strlen(path)),

@@ -80,7 +80,8 @@ const char *mg_lua_vm_error(const mg_lua_vm_t *vm);
  *   4. MG_LUA_DIR, the source tree's lua/ (compile definition; development)
  *   5. MG_LUA_INSTALL_DIR (compile definition; default
  *      /usr/local/share/moongate/lua)
- * that contains a readable moongate.lua. Writes it to out. Returns 0,
+ * that contains a readable moongate.lua (a 1. or 2. without one is logged
+ * as event=lua_dir_ignored). Writes it to out. Returns 0,
  * MG_ENOTFOUND (out then lists nothing), MG_ETOOBIG if out is too small. */
 int mg_lua_find_dir(const mg_lua_opts_t *opts, char *out, size_t outsz);
 
@@ -88,7 +89,9 @@ int mg_lua_find_dir(const mg_lua_opts_t *opts, char *out, size_t outsz);
  * require(name), <lua dir>/<name>.lua is loaded and run with the value
  * returned by open(L) as its argument (`local core = ...`), so the Lua half
  * can wrap the C half without the C half being reachable from scripts.
- * Load time only. Returns 0, MG_ENOMEM. */
+ * Modules are read while mg_lua_run_file runs the script; later (from a
+ * hook) require returns cached modules only, so no hook reads files.
+ * Call before running the script. Returns 0, MG_ENOMEM. */
 int mg_lua_vm_add_native(mg_lua_vm_t *vm, const char *name, lua_CFunction open);
 
 /* Read path (at most MG_LUA_MAX_FILE bytes, a leading #! line ignored),

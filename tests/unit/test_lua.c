@@ -455,7 +455,8 @@ MG_TEST(destination_handles_and_load_time_only) {
                          "local a = mg.stdout { name = \"a\" }\n"
                          "local b = mg.remote_write { name = \"b\", url = \"http://127.0.0.1:1/w\" }\n"
                          "mg.pick = function() return b end\n"
-                         "mg.late = function() mg.scrape { job = \"late\", targets = {} } end\n");
+                         "mg.late = function() mg.scrape { job = \"late\", targets = {} } end\n"
+                         "mg.lazy = function() return require \"othermod\" end\n");
   mg_conf_t *c = NULL;
   mg_conf_error_t err = {0};
   REQUIRE(mg_lua_api_load(vm, p, &c, &err) == 0);
@@ -475,6 +476,9 @@ MG_TEST(destination_handles_and_load_time_only) {
   CHECK_DBL(lua_errors("error"), before + 1);
   CHECK_INT(lua_gettop(L), top);
   CHECK_INT(c->njobs, 0);
+  /* A hook cannot make moongate read files. */
+  CHECK_INT(call_module_fn(vm, "'lazy'", 0, NULL), MG_ELUA);
+  CHECK(strstr(mg_lua_vm_error(vm), "require \"othermod\": load time only") != NULL);
   mg_conf_free(c);
   mg_lua_vm_free(vm);
   unlink(p);
