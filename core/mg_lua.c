@@ -20,7 +20,6 @@
 #include <lualib.h>
 #include <luajit.h>
 
-#include "mg_buf.h"
 #include "mg_err.h"
 #include "mg_log.h"
 #include "mg_mem.h"
@@ -133,41 +132,45 @@ static int l_collectgarbage(lua_State *L) {
   return 1;
 }
 
-/* Append one value to b as print() would show it, without running Lua
- * (no __tostring): print must not be a way around budgets or errors. */
-static void print_value(lua_State *L, int i, mg_buf_t *b) {
+/* Append one value as print() would show it, without running Lua (no
+ * __tostring: print must not be a way around budgets) and without
+ * allocating (numbers are formatted here, not converted by Lua). */
+static size_t print_value(lua_State *L, int i, char *out, size_t room) {
+  int n;
   switch (lua_type(L, i)) {
-  case LUA_TSTRING:
-  case LUA_TNUMBER: {
-    size_t n;
-    const char *s = lua_tolstring(L, i, &n);
-    mg_buf_append(b, s, n);
+  case LUA_TSTRING: {
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    n = snprintf(out, room, "%.*s", (int)(len < room ? len : room), s);
     break;
   }
-  case LUA_TBOOLEAN: mg_buf_append_str(b, lua_toboolean(L, i) ? "true" : "false"); break;
-  case LUA_TNIL: mg_buf_append_str(b, "nil"); break;
-  default: mg_buf_printf(b, "%s: %p", luaL_typename(L, i), lua_topointer(L, i)); break;
+  case LUA_TNUMBER: n = snprintf(out, room, "%.14g", lua_tonumber(L, i)); break;
+  case LUA_TBOOLEAN: n = snprintf(out, room, "%s", lua_toboolean(L, i) ? "true" : "false"); break;
+  case LUA_TNIL: n = snprintf(out, room, "nil"); break;
+  default: n = snprintf(out, room, "%s: %p", luaL_typename(L, i), lua_topointer(L, i)); break;
   }
+  return n < 0 ? 0 : (size_t)n < room ? (size_t)n : room - 1;
 }
 
-/* print(...) goes to the log (stdout belongs to the stdout destination). */
+/* print(...) goes to the log (stdout belongs to the stdout destination).
+ * Fixed buffers: a Lua error (out of memory) may unwind through here. */
 static int l_print(lua_State *L) {
+  char text[1024], src[256], msg[1100];
+  size_t len = 0;
   int n = lua_gettop(L);
-  mg_buf_t b;
-  mg_buf_init(&b, 4096);
-  for (int i = 1; i <= n; i++) {
-    if (i > 1) mg_buf_append_byte(&b, '\t');
-    print_value(L, i, &b);
+  text[0] = '\0';
+  for (int i = 1; i <= n && len + 1 < sizeof text; i++) {
+    if (i > 1) text[len++] = '\t';
+    len += print_value(L, i, text + len, sizeof text - len);
   }
-  luaL_where(L, 1);
-  char src[256], msg[1100];
-  size_t wl;
-  const char *w = lua_tolstring(L, -1, &wl);
-  if (wl && w[wl - 1] == ' ') wl--;
-  if (wl && w[wl - 1] == ':') wl--;
-  MG_INFO("lua", "script_print", "src=%s msg=%s", mg_log_q(src, sizeof src, w, wl),
-          mg_log_q(msg, sizeof msg, b.data ? b.data : "", b.len));
-  mg_buf_cleanup(&b);
+  lua_Debug ar;
+  int w = 0;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+    w = snprintf(src, sizeof src, "%s:%d", ar.short_src, ar.currentline);
+  char qs[300];
+  MG_INFO("lua", "script_print", "src=%s msg=%s",
+          mg_log_q(qs, sizeof qs, src, w > 0 ? ((size_t)w < sizeof src ? (size_t)w : sizeof src - 1) : 0),
+          mg_log_q(msg, sizeof msg, text, len));
   return 0;
 }
 
