@@ -69,7 +69,9 @@ struct mg_dest {
   uint64_t drain_deadline;
   void (*drain_done)(void *ud);
   void *drain_ud;
-  unsigned long long last_err_log_ms;
+  /* One rate limit per kind of trouble, so a burst of one kind does not
+   * hide the first message of another. */
+  unsigned long long last_full_log_ms, last_retry_log_ms, last_reject_log_ms;
   /* metrics */
   mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
       *m_drop_sink, *m_last_success;
@@ -200,7 +202,7 @@ static int make_room(shard_t *s, size_t need) {
     d->queued_bytes -= victim->len;
     mg_metric_add(d->m_drop_full, victim->nsamples);
     set_pending(d, -(int64_t)victim->nsamples);
-    if (mg_log_ratelimit(&d->last_err_log_ms, (unsigned long long)uv_now(d->loop), 10000))
+    if (mg_log_ratelimit(&d->last_full_log_ms, (unsigned long long)uv_now(d->loop), 10000))
       MG_WARN("remote_write", "queue_full", "destination=%s dropped_samples=%u hint=\"receiver too slow or down\"",
               d->conf->name, victim->nsamples);
     free_record(victim);
@@ -383,7 +385,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     pop_head(s);
   } else if (err || resp->status >= 500 || (resp->status == 429 && d->conf->queue.retry_on_http_429)) {
     uint64_t ra = err ? 0 : parse_retry_after(mg_http_response_header(resp, "retry-after"));
-    if (mg_log_ratelimit(&d->last_err_log_ms, now, 10000)) {
+    if (mg_log_ratelimit(&d->last_retry_log_ms, now, 10000)) {
       if (err)
         MG_WARN("remote_write", "send_failed", "destination=%s err=%s detail=\"%s\" attempt=%u", d->conf->name,
                 mg_err_name(err), detail ? detail : "", s->attempts + 1);
@@ -399,7 +401,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     size_t n = resp->body ? resp->body->len : 0;
     if (n > MAX_ERROR_BODY_LOG) n = MAX_ERROR_BODY_LOG;
     mg_log_q(msg, sizeof msg, resp->body ? resp->body->data : "", n);
-    if (mg_log_ratelimit(&d->last_err_log_ms, now, 10000))
+    if (mg_log_ratelimit(&d->last_reject_log_ms, now, 10000))
       MG_ERROR("remote_write", "batch_rejected", "destination=%s status=%d samples=%u message=%s", d->conf->name,
                resp->status, r->nsamples, msg);
     mg_metric_add(d->m_drop_4xx, r->nsamples);
