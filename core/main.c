@@ -32,14 +32,16 @@ static const char usage[] =
     "\n"
     "Usage:\n"
     "  moongate run FILE [--listen ADDR] [--data-dir DIR] [--log-level LEVEL] [--drain-timeout DUR]\n"
-    "  moongate check FILE\n"
+    "               [--allow-unsafe-lua]\n"
+    "  moongate check FILE [--allow-unsafe-lua]\n"
     "  moongate --version | --help\n"
     "\n"
     "FILE is a Lua script (*.lua) or a Prometheus configuration (*.yml, *.yaml).\n"
     "  --listen ADDR        own HTTP endpoints (/metrics, /-/healthy, /-/ready); default " DEFAULT_LISTEN "\n"
     "  --data-dir DIR       state directory (created if missing); default ./data\n"
     "  --log-level LEVEL    debug, info, warn or error; default info\n"
-    "  --drain-timeout DUR  on SIGTERM, keep sending for at most DUR; default 10s\n";
+    "  --drain-timeout DUR  on SIGTERM, keep sending for at most DUR; default 10s\n"
+    "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n";
 
 typedef struct app {
   mg_loop_t loop;
@@ -69,7 +71,7 @@ static void print_conf_error(const mg_conf_error_t *e) {
   else fprintf(stderr, "%s\n", e->msg);
 }
 
-static int load_conf(const char *path, const char *listen, mg_conf_t **out) {
+static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out) {
   mg_conf_error_t err;
   memset(&err, 0, sizeof err);
   int rc;
@@ -81,14 +83,23 @@ static int load_conf(const char *path, const char *listen, mg_conf_t **out) {
     mg_lua_opts_t opts;
     memset(&opts, 0, sizeof opts);
     opts.listen_address = listen;
-    rc = mg_lua_load_conf(path, &opts, out, &err);
+    opts.allow_unsafe = allow_unsafe != 0;
+    /* The VM stays up through mg_lua_api_finish so plan errors point at
+     * the script line that declared the job or destination. */
+    mg_lua_vm_t *vm = NULL;
+    rc = mg_lua_vm_new(&opts, &vm);
+    if (rc == 0) rc = mg_lua_api_open(vm);
+    if (rc == 0) rc = mg_lua_api_load(vm, path, out, &err);
     if (rc == 0) {
-      rc = mg_conf_finish(*out, &err);
+      rc = mg_lua_api_finish(vm, *out, &err);
       if (rc) {
         mg_conf_free(*out);
         *out = NULL;
       }
+    } else if (!err.msg[0]) {
+      snprintf(err.msg, sizeof err.msg, "cannot start the Lua VM: %s", mg_err_str(rc));
     }
+    mg_lua_vm_free(vm);
   } else if (has_suffix(path, ".yml") || has_suffix(path, ".yaml")) {
     rc = mg_promyml_load(path, out, &err);
   } else {
@@ -179,9 +190,9 @@ static void on_reload(void *ud, int signum) {
 
 /* ---- commands ---------------------------------------------------------------- */
 
-static int cmd_check(const char *path) {
+static int cmd_check(const char *path, int allow_unsafe) {
   mg_conf_t *conf = NULL;
-  if (load_conf(path, DEFAULT_LISTEN, &conf) != 0) return 1;
+  if (load_conf(path, DEFAULT_LISTEN, allow_unsafe, &conf) != 0) return 1;
   mg_conf_print(conf, stdout);
   printf("%s: OK\n", path);
   mg_conf_free(conf);
@@ -200,11 +211,11 @@ static int ensure_dir(const char *dir) {
   return 0;
 }
 
-static int cmd_run(const char *path, const char *listen, const char *data_dir, uint64_t drain_ms) {
+static int cmd_run(const char *path, const char *listen, const char *data_dir, uint64_t drain_ms, int allow_unsafe) {
   app_t a;
   memset(&a, 0, sizeof a);
   a.drain_ms = drain_ms;
-  if (load_conf(path, listen, &a.conf) != 0) return 1;
+  if (load_conf(path, listen, allow_unsafe, &a.conf) != 0) return 1;
   if (ensure_dir(data_dir) != 0) {
     mg_conf_free(a.conf);
     return 1;
@@ -290,6 +301,7 @@ int main(int argc, char **argv) {
   }
   const char *file = NULL, *listen = DEFAULT_LISTEN, *data_dir = "data";
   uint64_t drain_ms = DEFAULT_DRAIN_MS;
+  int allow_unsafe = 0;
   for (int i = 2; i < argc; i++) {
     const char *arg = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -307,6 +319,8 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (!strcmp(arg, "--allow-unsafe-lua")) {
+      allow_unsafe = 1;
     } else if (arg[0] == '-') {
       fprintf(stderr, "unknown or incomplete option %s\n\n%s", arg, usage);
       return 2;
@@ -322,7 +336,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "moongate %s: name a script or prometheus.yml\n\n%s", cmd, usage);
       return 2;
     }
-    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms) : cmd_check(file);
+    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms, allow_unsafe) : cmd_check(file, allow_unsafe);
   }
   fprintf(stderr, "unknown command %s\n\n%s", cmd, usage);
   return 2;
