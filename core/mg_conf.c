@@ -112,6 +112,34 @@ static void tls_cleanup(mg_conf_tls_t *t) {
   mg_free(t->server_name);
 }
 
+static void creds_cleanup(mg_conf_creds_t *c) {
+  mg_free(c->access_key_id);
+  mg_mem_free_secret(c->secret_access_key);
+  mg_mem_free_secret(c->session_token);
+  mg_free(c->profile);
+  mg_free(c->credentials_file);
+  mg_free(c->config_file);
+  mg_free(c->role_arn);
+  mg_free(c->external_id);
+  mg_free(c->role_session_name);
+  mg_free(c->sts_region);
+  mg_free(c->sts_endpoint);
+  mg_free(c->web_identity_token_file);
+  mg_free(c->process);
+  if (c->source) {
+    creds_cleanup(c->source);
+    mg_free(c->source);
+  }
+  memset(c, 0, sizeof *c);
+}
+
+mg_conf_creds_t *mg_conf_creds_add_source(mg_conf_creds_t *c, mg_creds_kind_t kind) {
+  if (c->source) return c->source;
+  c->source = mg_calloc(1, sizeof *c->source);
+  if (c->source) c->source->kind = kind;
+  return c->source;
+}
+
 static void job_free(mg_conf_job_t *j) {
   if (!j) return;
   mg_free(j->name);
@@ -137,6 +165,9 @@ static void dest_free(mg_conf_dest_t *d) {
   kvs_cleanup_secret(&d->headers);
   auth_cleanup(&d->auth);
   tls_cleanup(&d->tls);
+  mg_free(d->sigv4.region);
+  mg_free(d->sigv4.service);
+  creds_cleanup(&d->sigv4.creds);
   mg_free(d);
 }
 

@@ -85,6 +85,47 @@ typedef struct mg_conf_queue {
   bool retry_on_http_429;          /* true */
 } mg_conf_queue_t;
 
+/* Where AWS credentials come from (mg_creds builds a provider from this).
+ * Secret fields are wiped on free and never printed. */
+typedef enum {
+  MG_CREDS_CHAIN = 0,     /* the SDKs' default chain: env, web identity, shared files/profile, ECS, IMDSv2 */
+  MG_CREDS_STATIC,        /* access_key_id + secret_access_key (+ session_token) from the config */
+  MG_CREDS_ENV,           /* AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN */
+  MG_CREDS_PROFILE,       /* shared credentials + config files, one profile (role_arn, credential_process, ...) */
+  MG_CREDS_IMDS,          /* EC2 instance metadata, IMDSv2 */
+  MG_CREDS_ECS,           /* ECS/EKS Pod Identity container credentials endpoint */
+  MG_CREDS_WEB_IDENTITY,  /* token file -> STS AssumeRoleWithWebIdentity */
+  MG_CREDS_PROCESS,       /* credential_process command */
+  MG_CREDS_ASSUME_ROLE,   /* STS AssumeRole on top of `source` */
+} mg_creds_kind_t;
+
+typedef struct mg_conf_creds {
+  mg_creds_kind_t kind;
+  char *access_key_id;     /* static */
+  char *secret_access_key; /* static; secret */
+  char *session_token;     /* static; secret */
+  char *profile;           /* profile; NULL: AWS_PROFILE or "default" */
+  char *credentials_file;  /* NULL: AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials */
+  char *config_file;       /* NULL: AWS_CONFIG_FILE or ~/.aws/config */
+  char *role_arn;          /* assume_role, web_identity */
+  char *external_id;
+  char *role_session_name;
+  uint64_t duration_s;     /* 0: STS default (3600) */
+  char *sts_region;        /* NULL: the workspace's region */
+  char *sts_endpoint;      /* NULL: AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL, or the regional endpoint */
+  char *web_identity_token_file;
+  char *process;           /* credential_process command line */
+  struct mg_conf_creds *source; /* assume_role: base credentials; NULL = the default chain */
+} mg_conf_creds_t;
+
+/* SigV4 signing of a destination's requests (AMP: service "aps"). */
+typedef struct mg_conf_sigv4 {
+  bool enabled;
+  char *region;
+  char *service; /* default "aps" */
+  mg_conf_creds_t creds;
+} mg_conf_sigv4_t;
+
 typedef struct mg_conf_dest {
   char *name;
   mg_dest_kind_t kind;
@@ -95,6 +136,7 @@ typedef struct mg_conf_dest {
   mg_conf_tls_t tls;
   uint64_t remote_timeout_ms; /* 30000 */
   mg_conf_queue_t queue;
+  mg_conf_sigv4_t sigv4;
   bool send_metadata;                /* true */
   uint64_t metadata_send_interval_ms; /* 60000 */
 } mg_conf_dest_t;
@@ -129,6 +171,9 @@ void mg_conf_free(mg_conf_t *c);
 mg_conf_job_t *mg_conf_add_job(mg_conf_t *c, const char *name);
 mg_conf_target_t *mg_conf_job_add_target(mg_conf_job_t *j, const char *address);
 mg_conf_dest_t *mg_conf_add_dest(mg_conf_t *c, const char *name, mg_dest_kind_t kind);
+/* Give an assume_role spec its base credentials (allocated once; returns
+ * the existing one if present). NULL on OOM. */
+mg_conf_creds_t *mg_conf_creds_add_source(mg_conf_creds_t *c, mg_creds_kind_t kind);
 int mg_kvs_add(mg_kvs_t *kvs, const char *name, const char *value);
 /* Replace the value of name if present, else add. */
 int mg_kvs_set(mg_kvs_t *kvs, const char *name, const char *value);
