@@ -146,6 +146,10 @@ static bool is_gzip(const char *enc) {
 static int on_headers_complete(llhttp_t *llh) {
   mg_http_parser_t *p = from(llh);
   p->headers_done = true;
+  /* llhttp lets "GET \n" through as a version-less request. */
+  if (p->kind == MG_HTTP_REQUEST && p->url_len == 0) return fail(p, MG_EHTTP, "malformed request: empty target");
+  /* A tunnel would make the bytes after the headers someone else's protocol. */
+  if (p->kind == MG_HTTP_REQUEST && llh->method == HTTP_CONNECT) return fail(p, MG_EHTTP, "CONNECT is not supported");
   if (p->kind == MG_HTTP_RESPONSE) {
     if (llh->status_code == 101) return fail(p, MG_EHTTP, "unexpected 101 Switching Protocols");
     if (llh->status_code < 200) return 0; /* interim: llhttp treats it as bodiless */

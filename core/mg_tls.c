@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "mg_err.h"
 #include "mg_mem.h"
@@ -37,7 +38,8 @@ static void describe(char *out, size_t sz, const char *fmt, ...) {
   vsnprintf(what, sizeof what, fmt, ap);
   va_end(ap);
   unsigned long e = ERR_get_error();
-  const char *reason = e ? ERR_reason_error_string(e) : NULL;
+  /* System errors (a missing file) carry errno as their reason code. */
+  const char *reason = !e ? NULL : ERR_GET_LIB(e) == ERR_LIB_SYS ? strerror(ERR_GET_REASON(e)) : ERR_reason_error_string(e);
   if (e && !reason) reason = ERR_lib_error_string(e);
   snprintf(out, sz, "%s: %s", what, reason ? reason : "unknown error");
   ERR_clear_error();
