@@ -112,6 +112,44 @@ static void tls_cleanup(mg_conf_tls_t *t) {
   mg_free(t->server_name);
 }
 
+static void relabels_cleanup(mg_conf_relabels_t *rs) {
+  for (size_t i = 0; i < rs->n; i++) {
+    mg_conf_relabel_t *r = rs->v[i];
+    for (size_t k = 0; k < r->nsource_labels; k++) mg_free(r->source_labels[k]);
+    mg_free(r->source_labels);
+    mg_free(r->separator);
+    mg_free(r->regex);
+    mg_free(r->target_label);
+    mg_free(r->replacement);
+    mg_free(r->action);
+    mg_free(r);
+  }
+  mg_free(rs->v);
+  memset(rs, 0, sizeof *rs);
+}
+
+mg_conf_relabel_t *mg_conf_relabels_add(mg_conf_relabels_t *rs) {
+  if (rs->n == rs->cap) {
+    size_t ncap = rs->cap ? rs->cap * 2 : 4;
+    mg_conf_relabel_t **v = mg_reallocarray(rs->v, ncap, sizeof *v);
+    if (!v) return NULL;
+    rs->v = v;
+    rs->cap = ncap;
+  }
+  mg_conf_relabel_t *r = mg_calloc(1, sizeof *r);
+  if (r) rs->v[rs->n++] = r;
+  return r;
+}
+
+int mg_conf_relabel_add_source(mg_conf_relabel_t *r, const char *label) {
+  char **v = mg_reallocarray(r->source_labels, r->nsource_labels + 1, sizeof *v);
+  if (!v) return MG_ENOMEM;
+  r->source_labels = v;
+  if (!(v[r->nsource_labels] = mg_strdup(label))) return MG_ENOMEM;
+  r->nsource_labels++;
+  return 0;
+}
+
 static void creds_cleanup(mg_conf_creds_t *c) {
   mg_free(c->access_key_id);
   mg_mem_free_secret(c->secret_access_key);
@@ -148,6 +186,8 @@ static void job_free(mg_conf_job_t *j) {
   mg_kvs_cleanup(&j->params);
   auth_cleanup(&j->auth);
   tls_cleanup(&j->tls);
+  relabels_cleanup(&j->relabel_configs);
+  relabels_cleanup(&j->metric_relabel_configs);
   for (size_t i = 0; i < j->ntargets; i++) {
     mg_free(j->targets[i]->address);
     mg_kvs_cleanup(&j->targets[i]->labels);
@@ -168,6 +208,7 @@ static void dest_free(mg_conf_dest_t *d) {
   mg_free(d->sigv4.region);
   mg_free(d->sigv4.service);
   creds_cleanup(&d->sigv4.creds);
+  relabels_cleanup(&d->write_relabel_configs);
   mg_free(d);
 }
 

@@ -41,6 +41,26 @@ typedef struct mg_conf_auth {
   char *credentials_file; /* read at start and on reload */
 } mg_conf_auth_t;
 
+/* One Prometheus relabel_config, as written (mg_relabel compiles it). NULL
+ * strings mean "not set": mg_relabel applies Prometheus's defaults
+ * (separator ";", regex "(.*)", replacement "$1", action "replace"). */
+typedef struct mg_conf_relabel {
+  char **source_labels;
+  size_t nsource_labels;
+  char *separator;
+  char *regex;
+  uint64_t modulus;
+  char *target_label;
+  char *replacement;
+  char *action; /* replace, keep, drop, keepequal, dropequal, hashmod, labelmap, labeldrop, labelkeep, lowercase, uppercase */
+  uint32_t line; /* where it was declared (0 = unknown), for error messages */
+} mg_conf_relabel_t;
+
+typedef struct mg_conf_relabels {
+  mg_conf_relabel_t **v;
+  size_t n, cap;
+} mg_conf_relabels_t;
+
 typedef struct mg_conf_target {
   char *address; /* host:port */
   mg_kvs_t labels;
@@ -65,6 +85,8 @@ typedef struct mg_conf_job {
   uint64_t label_value_length_limit;
   mg_conf_target_t **targets;
   size_t ntargets, targets_cap;
+  mg_conf_relabels_t relabel_configs;        /* target relabeling, before scraping */
+  mg_conf_relabels_t metric_relabel_configs; /* per series, after scraping */
 } mg_conf_job_t;
 
 typedef enum {
@@ -137,6 +159,7 @@ typedef struct mg_conf_dest {
   uint64_t remote_timeout_ms; /* 30000 */
   mg_conf_queue_t queue;
   mg_conf_sigv4_t sigv4;
+  mg_conf_relabels_t write_relabel_configs; /* per destination, after external labels */
   bool send_metadata;                /* true */
   uint64_t metadata_send_interval_ms; /* 60000 */
 } mg_conf_dest_t;
@@ -171,6 +194,10 @@ void mg_conf_free(mg_conf_t *c);
 mg_conf_job_t *mg_conf_add_job(mg_conf_t *c, const char *name);
 mg_conf_target_t *mg_conf_job_add_target(mg_conf_job_t *j, const char *address);
 mg_conf_dest_t *mg_conf_add_dest(mg_conf_t *c, const char *name, mg_dest_kind_t kind);
+/* Append an empty rule (all fields unset) to a rule list. NULL on OOM. */
+mg_conf_relabel_t *mg_conf_relabels_add(mg_conf_relabels_t *rs);
+int mg_conf_relabel_add_source(mg_conf_relabel_t *r, const char *label);
+
 /* Give an assume_role spec its base credentials (allocated once; returns
  * the existing one if present). NULL on OOM. */
 mg_conf_creds_t *mg_conf_creds_add_source(mg_conf_creds_t *c, mg_creds_kind_t kind);
