@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "mg_err.h"
+#include "mg_log.h"
 #include "mg_mem.h"
 #include "mg_str.h"
 
@@ -751,6 +752,14 @@ static int check_dest(check_t *k, mg_conf_dest_t *d) {
       if (strcasecmp(d->headers.v[p].name, h) == 0) return fail(k, "headers: %s given twice", h);
   }
   if ((rc = check_auth(k, &d->auth)) < 0) return rc;
+  if (d->sigv4.enabled) {
+    /* SigV4 writes the Authorization header itself (as in Prometheus). */
+    const mg_conf_auth_t *a = &d->auth;
+    if (a->basic_username || a->basic_password || a->basic_password_file || a->auth_type || a->credentials ||
+        a->credentials_file)
+      return fail(k, "at most one of basic_auth, authorization and sigv4 may be set");
+    if (!d->sigv4.service && mg_conf_set_str(&d->sigv4.service, "aps") < 0) return MG_ENOMEM;
+  }
   if ((rc = check_tls(k, &d->tls)) < 0) return rc;
   if (!d->remote_timeout_ms) d->remote_timeout_ms = 30000;
   mg_conf_queue_t *q = &d->queue;
@@ -927,6 +936,47 @@ static void print_auth(FILE *out, const mg_conf_auth_t *a) {
   }
 }
 
+static const char *creds_kind_name(mg_creds_kind_t kind) {
+  switch (kind) {
+  case MG_CREDS_CHAIN: return "chain";
+  case MG_CREDS_STATIC: return "static";
+  case MG_CREDS_ENV: return "env";
+  case MG_CREDS_PROFILE: return "profile";
+  case MG_CREDS_IMDS: return "imds";
+  case MG_CREDS_ECS: return "ecs";
+  case MG_CREDS_WEB_IDENTITY: return "web_identity";
+  case MG_CREDS_PROCESS: return "process";
+  case MG_CREDS_ASSUME_ROLE: return "assume_role";
+  }
+  return "unknown";
+}
+
+/* Credential sources: the access key id is masked (mg_log_mask), secret
+ * keys and session tokens are never shown. Depth is bounded by the chain
+ * of assume_role sources a loader built. */
+static void print_creds(FILE *out, const mg_conf_creds_t *cr) {
+  char masked[32];
+  fprintf(out, " credentials=%s", creds_kind_name(cr->kind));
+  if (cr->access_key_id) fprintf(out, " access_key_id=%s", mg_log_mask(masked, sizeof(masked), cr->access_key_id));
+  if (cr->secret_access_key) fprintf(out, " secret_access_key=<secret>");
+  if (cr->session_token) fprintf(out, " session_token=<secret>");
+  const char *names[] = {"profile", "role_arn", "web_identity_token_file", "sts_region"};
+  const char *vals[] = {cr->profile, cr->role_arn, cr->web_identity_token_file, cr->sts_region};
+  for (size_t i = 0; i < 4; i++)
+    if (vals[i]) {
+      fprintf(out, " %s=", names[i]);
+      pq(out, vals[i]);
+    }
+  if (cr->source) {
+    fprintf(out, " source:");
+    print_creds(out, cr->source);
+  }
+}
+
+static void print_relabels(FILE *out, const char *what, const mg_conf_relabels_t *rs) {
+  if (rs->n) fprintf(out, "    %s: %zu rule(s)\n", what, rs->n);
+}
+
 static void print_tls(FILE *out, const mg_conf_tls_t *t) {
   if (!t->ca_file && !t->cert_file && !t->key_file && !t->server_name && !t->insecure_skip_verify) return;
   fprintf(out, "    tls:");
@@ -974,6 +1024,8 @@ void mg_conf_print(const mg_conf_t *c, FILE *out) {
             j->sample_limit, j->label_limit, j->label_name_length_limit, j->label_value_length_limit);
     print_auth(out, &j->auth);
     print_tls(out, &j->tls);
+    print_relabels(out, "relabel_configs", &j->relabel_configs);
+    print_relabels(out, "metric_relabel_configs", &j->metric_relabel_configs);
     fprintf(out, "    %zu target(s)\n", j->ntargets);
     for (size_t t = 0; t < j->ntargets; t++) {
       fprintf(out, "      %s ", j->targets[t]->address);
@@ -1004,6 +1056,15 @@ void mg_conf_print(const mg_conf_t *c, FILE *out) {
     }
     print_auth(out, &d->auth);
     print_tls(out, &d->tls);
+    if (d->sigv4.enabled) {
+      fprintf(out, "    sigv4: region=");
+      pq(out, d->sigv4.region);
+      fprintf(out, " service=");
+      pq(out, d->sigv4.service);
+      print_creds(out, &d->sigv4.creds);
+      fputc('\n', out);
+    }
+    print_relabels(out, "write_relabel_configs", &d->write_relabel_configs);
     const mg_conf_queue_t *q = &d->queue;
     fprintf(out,
             "    queue: capacity=%" PRIu32 " min_shards=%" PRIu32 " max_shards=%" PRIu32

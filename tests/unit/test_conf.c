@@ -723,6 +723,49 @@ MG_TEST(print_hides_secrets) {
   mg_conf_free(c);
 }
 
+MG_TEST(sigv4_and_relabel_rules) {
+  mg_conf_dest_t *d;
+  mg_conf_t *c = minimal(NULL, &d);
+  REQUIRE(c);
+  d->sigv4.enabled = true;
+  REQUIRE(mg_conf_set_str(&d->auth.basic_username, "u") == 0);
+  EXPECT_ERROR(c, "destination \"main\": at most one of basic_auth, authorization and sigv4 may be set");
+
+  mg_conf_job_t *j;
+  c = minimal(&j, &d);
+  REQUIRE(c);
+  d->sigv4.enabled = true;
+  REQUIRE(mg_conf_set_str(&d->sigv4.region, "us-east-1") == 0);
+  d->sigv4.creds.kind = MG_CREDS_ASSUME_ROLE;
+  REQUIRE(mg_conf_set_str(&d->sigv4.creds.role_arn, "arn:aws:iam::1:role/w") == 0);
+  mg_conf_creds_t *src = mg_conf_creds_add_source(&d->sigv4.creds, MG_CREDS_STATIC);
+  REQUIRE(src);
+  REQUIRE(mg_conf_set_str(&src->access_key_id, "AKIAEXAMPLEKEY") == 0);
+  REQUIRE(mg_conf_set_secret(&src->secret_access_key, "wJalrXUtnFEMI-SECRET") == 0);
+  REQUIRE(mg_conf_set_secret(&src->session_token, "FwoG-TOKEN") == 0);
+  REQUIRE(mg_conf_relabels_add(&j->metric_relabel_configs));
+  REQUIRE(mg_conf_relabels_add(&j->metric_relabel_configs));
+  REQUIRE(mg_conf_relabels_add(&d->write_relabel_configs));
+  mg_conf_error_t err;
+  REQUIRE(mg_conf_finish(c, &err) == 0);
+  CHECK_STR(d->sigv4.service, "aps");
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  REQUIRE(f);
+  mg_conf_print(c, f);
+  fclose(f);
+  CHECK(strstr(text, "SECRET") == NULL);
+  CHECK(strstr(text, "TOKEN") == NULL);
+  CHECK(strstr(text, "EXAMPLEKEY") == NULL);
+  CHECK(strstr(text, "sigv4: region=\"us-east-1\" service=\"aps\" credentials=assume_role") != NULL);
+  CHECK(strstr(text, "source: credentials=static access_key_id=AKIA****") != NULL);
+  CHECK(strstr(text, "metric_relabel_configs: 2 rule(s)") != NULL);
+  CHECK(strstr(text, "write_relabel_configs: 1 rule(s)") != NULL);
+  free(text);
+  mg_conf_free(c);
+}
+
 /* Fail each allocation in turn while building and finishing a conf: every
  * step must report the failure and mg_conf_free must release the rest
  * (ASan checks the leaks). */
