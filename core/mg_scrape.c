@@ -79,6 +79,7 @@ struct mg_scrape {
   } *entries;
   size_t nentries, entries_cap;
   mg_buf_t scratch;
+  mg_buf_t stale_line; /* a remembered key turned back into a sample line */
   /* Series first seen by the scrape in progress: their hash, and a hash
    * of their final label set (see on_series_gone). */
   struct fresh {
@@ -391,14 +392,13 @@ static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
   /* Dropped series were never written; pending ones were first seen by a
    * scrape that failed, so they were never written either. */
   if (e->route == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
-  char line[8192];
-  if (key.n + 4 > sizeof line) return; /* longer than any line the parser accepted into the table */
-  memcpy(line, key.p, key.n);
-  memcpy(line + key.n, " 0\n", 3);
+  mg_buf_t *line = &c->t->s->stale_line;
+  mg_buf_reset(line);
+  if (mg_buf_append(line, key.p, key.n) != 0 || mg_buf_append(line, " 0\n", 3) != 0) return;
   static const mg_parse_callbacks_t cbs = {on_sample, NULL};
   mg_parse_error_t perr;
   c->stale_mode = 1;
-  mg_parse(line, key.n + 3, MG_FMT_PROM_TEXT, &cbs, c, &perr);
+  mg_parse(line->data, line->len, MG_FMT_PROM_TEXT, &cbs, c, &perr);
   c->stale_mode = 0;
 }
 
@@ -717,6 +717,7 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   s->refs = 1;
   mg_buf_init(&s->staging, UINT32_MAX);
   mg_buf_init(&s->scratch, 0);
+  mg_buf_init(&s->stale_line, 0);
   for (size_t i = 0; i < conf->external_labels.n && s->next < MAX_TARGET_LABELS; i++)
     s->ext[s->next++] = (mg_label_t){mg_str(conf->external_labels.v[i].name), mg_str(conf->external_labels.v[i].value)};
   qsort(s->ext, s->next, sizeof *s->ext, label_cmp);
@@ -861,6 +862,7 @@ static void scrape_unref(mg_scrape_t *s) {
   }
   mg_buf_cleanup(&s->staging);
   mg_buf_cleanup(&s->scratch);
+  mg_buf_cleanup(&s->stale_line);
   mg_free(s->entries);
   mg_free(s->fresh);
   mg_free(s->targets);
