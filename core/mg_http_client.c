@@ -95,6 +95,7 @@ typedef struct conn {
   char addr[64]; /* "1.2.3.4:80" for messages */
   cstate_t state;
   int open_handles;
+  int writes; /* in flight; the connection is reused only when none are */
   bool dns_pending, reconnecting, closing, idle;
   mg_tls_t *tls;
   mg_http_parser_t *parser;
@@ -156,7 +157,9 @@ static void client_maybe_free(mg_http_client_t *c) {
 }
 
 static void on_idle(uv_idle_t *h);
-static void schedule(mg_http_client_t *c) { uv_idle_start(&c->idle, on_idle); }
+static void schedule(mg_http_client_t *c) {
+  if (!uv_is_closing((uv_handle_t *)&c->idle)) uv_idle_start(&c->idle, on_idle);
+}
 
 static void pool_unref(pool_t *p) {
   if (--p->refs) return;
@@ -316,6 +319,9 @@ static void conn_release(conn_t *conn) {
 
 static void conn_done(conn_t *conn, bool reusable) {
   mg_http_req_t *r = conn_detach(conn);
+  /* A server may answer before the request body is out (an early 413):
+   * the rest of that body must not precede the next request. */
+  reusable = reusable && conn->writes == 0;
   if (!reusable) conn_close(conn);
   req_complete(r, 0, conn->parser);
   if (reusable) conn_release(conn);
@@ -328,6 +334,7 @@ typedef struct tls_write {
 
 static void on_write(uv_write_t *w, int status) {
   conn_t *conn = w->data;
+  conn->writes--;
   if (w != &conn->wreq) mg_free(FROM_LINK(w, tls_write_t, req));
   if (status < 0 && !conn->closing)
     conn_fail(conn, mg_err_from_uv(status), "send to %s: %s", conn->addr, uv_strerror(status));
@@ -339,13 +346,14 @@ static int conn_flush(conn_t *conn) {
   if (n == 0) return 0;
   tls_write_t *w = mg_malloc(sizeof *w + n);
   if (!w) return MG_ENOMEM;
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)mg_tls_take(conn->tls, w->data, n));
+  uv_buf_t b = {.base = w->data, .len = mg_tls_take(conn->tls, w->data, n)};
   w->req.data = conn;
   int rc = uv_write(&w->req, (uv_stream_t *)&conn->tcp, &b, 1, on_write);
   if (rc < 0) {
     mg_free(w);
     return mg_err_from_uv(rc);
   }
+  conn->writes++;
   return 0;
 }
 
@@ -364,11 +372,12 @@ static void conn_send(conn_t *conn) {
     }
   } else {
     /* The body goes out from the caller's memory: no copy. */
-    uv_buf_t bufs[2] = {uv_buf_init(r->head.data, (unsigned)r->head.len),
-                        uv_buf_init((char *)(uintptr_t)r->body, (unsigned)r->body_len)};
+    uv_buf_t bufs[2] = {{.base = r->head.data, .len = r->head.len},
+                        {.base = (char *)(uintptr_t)r->body, .len = r->body_len}};
     conn->wreq.data = conn;
     rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, bufs, r->body_len ? 2 : 1, on_write);
     if (rc < 0) rc = mg_err_from_uv(rc);
+    else conn->writes++;
   }
   if (rc < 0) conn_fail(conn, rc, "send to %s: %s", conn->addr, mg_err_str(rc));
 }

@@ -153,7 +153,7 @@ static int conn_write(sconn_t *conn, const char *head, size_t hlen, char *body, 
   o->body_len = blen;
   o->len = conn->tls ? mg_tls_take(conn->tls, o->data, hlen) : hlen;
   if (!conn->tls) memcpy(o->data, head, hlen);
-  uv_buf_t bufs[2] = {uv_buf_init(o->data, (unsigned)o->len), uv_buf_init(body, (unsigned)blen)};
+  uv_buf_t bufs[2] = {{.base = o->data, .len = o->len}, {.base = body, .len = blen}};
   o->req.data = conn;
   rc = uv_write(&o->req, (uv_stream_t *)&conn->tcp, bufs, blen ? 2 : 1, on_write);
   if (rc < 0) {
@@ -175,6 +175,7 @@ static void conn_shutdown(sconn_t *conn) {
   conn->shutting_down = true;
   conn->reading = false;
   uv_read_stop((uv_stream_t *)&conn->tcp);
+  arm(conn, conn->srv->opts.idle_timeout_ms); /* time to drain the last response */
   if (conn->tls && conn->handshaken) {
     mg_tls_shutdown(conn->tls);
     conn_flush(conn);
@@ -268,7 +269,7 @@ static void handle(sconn_t *conn) {
   mg_buf_init(&hdrs, MAX_RESPONSE_HEADERS);
   mg_http_sresp_t resp = {.status = 200, .priv_ = &hdrs};
   mg_buf_init(&resp.body, 0);
-  conn->keep_alive = mg_http_parser_keep_alive(conn->parser) && !s->closing;
+  conn->keep_alive = mg_http_parser_keep_alive(conn->parser);
   route_t *rt = find_route(s, req.path);
   if (!rt) {
     resp.status = 404;
@@ -301,6 +302,8 @@ static void reject(sconn_t *conn, int err) {
 static void next_request(sconn_t *conn) {
   mg_http_server_t *s = conn->srv;
   conn->sent_continue = false;
+  /* Idle keep-alive connections should not each pin a max_body buffer. */
+  if (conn->body.cap > 64 * 1024) mg_buf_cleanup(&conn->body);
   mg_http_parser_reset(conn->parser, &conn->body, s->opts.max_body, s->opts.max_header_bytes, 0);
   arm(conn, s->opts.idle_timeout_ms);
 }
@@ -339,6 +342,7 @@ static void conn_process(sconn_t *conn) {
       return;
     }
     handle(conn);
+    if (conn->closing) return;
     if (!conn->keep_alive) conn_shutdown(conn);
     else next_request(conn);
   }

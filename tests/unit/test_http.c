@@ -603,6 +603,67 @@ MG_TEST(server_limits_and_cancel) {
   finish_loop(&loop);
 }
 
+static void wait_ms(uv_loop_t *loop, uint64_t ms) {
+  int never = 0;
+  run_until(loop, &never, 1, ms);
+}
+
+MG_TEST(client_pool_idle_limits_and_timeouts) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cur_loop = &loop;
+  mg_http_server_t *s = test_server(&loop, "127.0.0.1:0", &(mg_http_server_opts_t){.idle_timeout_ms = 250});
+  REQUIRE(s);
+  char url[128];
+  url_for(url, sizeof url, "http", "127.0.0.1", mg_http_server_port(s), "/hello");
+  mg_http_request_t req = {.url = url};
+  mg_http_client_stats_t st;
+  result_t r[3];
+  for (int i = 0; i < 3; i++) result_init(&r[i]);
+
+  /* Three at once need three connections; only two stay idle. */
+  mg_http_client_t *c = mg_http_client_new(&loop, &(mg_http_client_opts_t){.max_idle_per_host = 2});
+  for (int round = 0; round < 2; round++) {
+    int total = 0;
+    for (int i = 0; i < 3; i++) CHECK_INT(mg_http_client_request(c, &req, on_done, &r[i], NULL), 0);
+    for (int i = 0; i < 3; i++) {
+      run_until(&loop, &r[i].done, round + 1, 3000);
+      total += r[i].done;
+      CHECK_INT(r[i].status, 200);
+    }
+    CHECK_INT(total, 3 * (round + 1));
+  }
+  mg_http_client_get_stats(c, &st);
+  CHECK_U64(st.connections_opened, 4);
+  CHECK_U64(st.connections_reused, 2);
+
+  /* The server closes idle connections after 250 ms: the client notices
+   * while they sit in the pool, so the next request needs no retry. */
+  wait_ms(&loop, 450);
+  do_request(&loop, c, &req, &r[0]);
+  CHECK_INT(r[0].status, 200);
+  mg_http_client_get_stats(c, &st);
+  CHECK_U64(st.connections_opened, 5);
+  CHECK_U64(st.connections_reused, 2);
+  mg_http_client_free(c);
+
+  /* The client's own idle timeout. */
+  c = mg_http_client_new(&loop, &(mg_http_client_opts_t){.idle_timeout_ms = 50});
+  do_request(&loop, c, &req, &r[0]);
+  do_request(&loop, c, &req, &r[0]);
+  wait_ms(&loop, 150);
+  do_request(&loop, c, &req, &r[0]);
+  CHECK_INT(r[0].status, 200);
+  mg_http_client_get_stats(c, &st);
+  CHECK_U64(st.connections_opened, 2);
+  CHECK_U64(st.connections_reused, 1);
+  mg_http_client_free(c);
+
+  for (int i = 0; i < 3; i++) mg_buf_cleanup(&r[i].body);
+  mg_http_server_free(s);
+  finish_loop(&loop);
+}
+
 /* ------------------------------------------------------ raw hostile server */
 
 typedef enum {
@@ -614,6 +675,7 @@ typedef enum {
   RAW_UNTIL_CLOSE,
   RAW_STALE_SECOND,
   RAW_STREAM,
+  RAW_EARLY, /* answers at the request headers, then discards the body */
 } raw_mode_t;
 
 #define RAW_MAX_CONNS 8
@@ -721,6 +783,9 @@ static void raw_on_request(raw_conn_t *rc) {
     if (rc->requests == 1) raw_send(rc, ok, sizeof ok - 1, false);
     else raw_close(rc);
     break;
+  case RAW_EARLY:
+    raw_send(rc, ok, sizeof ok - 1, false);
+    break;
   case RAW_STREAM: {
     static const char head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
     raw_send(rc, head, sizeof head - 1, false);
@@ -742,6 +807,10 @@ static void raw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   rc->len += (size_t)n;
+  if (rc->srv->mode == RAW_EARLY && rc->requests) {
+    rc->len = 0;
+    return;
+  }
   char *end;
   while ((end = memmem(rc->buf, rc->len, "\r\n\r\n", 4)) != NULL) {
     size_t used = (size_t)(end + 4 - rc->buf);
@@ -863,6 +932,16 @@ MG_TEST(client_hostile_servers) {
   CHECK_MEM(r.body.data, r.body.len, "ok", 2);
   CHECK_U64(st.connections_reused, 1);
   CHECK_U64(st.connections_opened, 2);
+
+  /* A response that arrives while the request body is still being sent:
+   * the connection is not reused (the rest of the body would follow). */
+  size_t n = 20u << 20;
+  char *body = calloc(1, n);
+  raw_case(RAW_EARLY, (mg_http_request_t){.method = "POST", .body = body, .body_len = n}, &r, &st);
+  CHECK_INT(r.err, 0);
+  CHECK_U64(st.connections_reused, 0);
+  CHECK_U64(st.connections_opened, 2);
+  free(body);
   mg_buf_cleanup(&r.body);
 }
 
@@ -1196,6 +1275,20 @@ MG_TEST(tls_verification_sni_and_mtls) {
   do_request(&loop, c, &(mg_http_request_t){.url = url, .tls = &client}, &r);
   CHECK_INT(r.err, 0);
   CHECK_MEM(r.body.data, r.body.len, "hello world", 11);
+
+  /* A body of many TLS records, twice over one connection. */
+  size_t big_n = 3u << 20;
+  mg_http_server_route(s, "GET", "/big", h_big, &big_n);
+  mg_buf_t out;
+  mg_buf_init(&out, 0);
+  url_for(url, sizeof url, "https", "127.0.0.1", port, "/big");
+  for (int i = 0; i < 2; i++) {
+    do_request(&loop, c, &(mg_http_request_t){.url = url, .tls = &with_ca, .body_out = &out}, &r);
+    CHECK_INT(r.err, 0);
+    CHECK_INT(out.len, big_n);
+    CHECK(out.len == big_n && out.data[0] == 'x' && out.data[big_n - 1] == 'x');
+  }
+  mg_buf_cleanup(&out);
 
   /* Plain HTTP to a TLS port is answered with garbage, not a hang. */
   url_for(url, sizeof url, "http", "127.0.0.1", port, "/hello");
