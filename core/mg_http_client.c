@@ -532,6 +532,7 @@ static void on_reclosed(uv_handle_t *h) {
     return;
   }
   uv_tcp_init(conn->cli->loop, &conn->tcp);
+  conn->tcp.data = conn;
   try_connect(conn);
 }
 

@@ -360,7 +360,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 static void conn_pump(sconn_t *conn) {
   for (;;) {
     conn_process(conn);
-    if (conn->len || conn->paused || conn->closing || conn->shutting_down || !conn->tls) break;
+    if (conn->len || conn->paused || conn->closing || conn->shutting_down || !conn->tls || !conn->handshaken) break;
     size_t got = 0;
     int rc = mg_tls_read(conn->tls, conn->rbuf, sizeof conn->rbuf, &got);
     if (rc == MG_EAGAIN) break;
