@@ -1121,14 +1121,15 @@ remote_write:
 
 
 # Gauges that measure the scraping itself (the scrapers' connections, file
-# descriptors, goroutines and heap, host-wide socket counts that our own
-# queries move): a direct scrape sees a different value than the gateway's
-# scrape even when nothing else changed, so they are left out of the value
-# comparison (they still count in the series-set comparison).
+# descriptors, goroutines and heap, host-wide socket and memory figures that
+# the test's own processes move while they scrape, ingest and query): a
+# direct scrape sees a different value than the gateway's scrape even when
+# nothing else changed, so they are left out of the value comparison (they
+# still count in the series-set comparison).
 OBSERVER_DEPENDENT = re.compile(
     r"process_open_fds|process_resident_memory_bytes|process_virtual_memory_bytes|"
     r"go_goroutines|go_threads|go_memstats_.*|node_sockstat_.*|node_netstat_Tcp_CurrEstab|"
-    r"node_filefd_allocated|node_procs_running|node_procs_blocked")
+    r"node_filefd_allocated|node_procs_running|node_procs_blocked|node_memory_.*")
 
 
 def _split_synthetic(samples):
@@ -1181,14 +1182,34 @@ def e2e_flow(c, prefix, receiver_kind, config_kind):
         c.check(f"{prefix}: receiver has >= 3 scrapes of job={job}", len(pts) >= 3, f"{len(pts)} up samples")
 
         # Values: A, one more gateway scrape, B, compare the window [A.start, B.start).
+        interval_ms = int(interval_s * 1000)
+
         def value_round(rnd):
-            a0, a1, A = scrape_direct(ne.url)
-            wait_for("a gateway scrape after direct scrape A",
-                     lambda: any(t > a1 for t, _ in up_samples(a0)), 30)
-            b0, b1, B = scrape_direct(ne.url)
-            # Everything of the window has been sent once a later scrape is in.
-            wait_for("a gateway scrape after direct scrape B",
-                     lambda: any(t > b1 for t, _ in up_samples(b0)), 30)
+            """Direct scrape A just before the gateway's next scrape and B
+            just after it, so that a value equal in A and B is the value the
+            gateway read (a narrow window leaves host gauges little room to
+            move and come back)."""
+            for attempt in range(4):
+                seen = wait_for("gateway scrapes", lambda: up_samples(t_begin), 30)
+                durs = [v for v in raw(f'scrape_duration_seconds{{job="{job}"}}', seen[-1][0] - 10_000).values()]
+                dur_ms = int(max([v for pts in durs for _, v in pts] + [0.05]) * 1000)
+                nxt = seen[-1][0] + interval_ms
+                while nxt < now_ms() + 200:
+                    nxt += interval_ms
+                time.sleep(max(0.0, (nxt - 120 - now_ms()) / 1000.0))  # scheduling, not an assertion
+                a0, a1, A = scrape_direct(ne.url)
+                time.sleep(max(0.0, (nxt + 2 * dur_ms + 80 - now_ms()) / 1000.0))
+                b0, b1, B = scrape_direct(ne.url)
+                # Everything of the window has been sent once a later scrape is in.
+                wait_for("a gateway scrape after direct scrape B",
+                         lambda: any(t > b1 for t, _ in up_samples(b0)), 30)
+                inside = [t for t, _ in up_samples(a0) if t < b0]
+                log(f"[{prefix}] round {rnd}.{attempt}: A at {a0}..{a1}, gateway scrape(s) at {inside}, "
+                    f"B at {b0}..{b1} (predicted {nxt}, scrape takes <= {dur_ms} ms)")
+                if inside:
+                    break
+            else:
+                raise RuntimeError("no gateway scrape fell between two direct scrapes in 4 attempts")
             ea = {series_key(expected_labels(l, job, target, ext)): v for l, v, _ in A}
             eb = {series_key(expected_labels(l, job, target, ext)): v for l, v, _ in B}
             # Batches of one scrape may arrive in any order: poll (with a
