@@ -161,7 +161,8 @@ static const uint64_t pow10_u64[16] = {1ULL,
  * have erased which side the true value was on: leave those to strtod.
  * Results lie within 1e-27..1e46, so double overflow and subnormals cannot
  * occur here. If someone lowered the x87 precision to 53 bits, the first
- * rounding is already the final one and the extra bits are zero. */
+ * rounding is already the final one and the extra bits are zero. (Valgrind
+ * emulates x87 in double precision, so under it a last bit may differ.) */
 #define HAVE_EXT_PATH 1
 static const long double pow10_ext[28] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
                                           1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
@@ -397,9 +398,9 @@ static const char MSG_CRLF[] = "carriage return before newline (CRLF line ending
 
 static int fail_at(pstate_t *st, uint32_t line, const char *ls, const char *at, const char *msg) {
   size_t col = (size_t)(at - ls) + 1;
-  /* A stray '\r' is nearly always a CRLF body; say so instead of blaming the
-   * token it happens to end. */
-  if (at < st->end && *at == '\r') msg = MSG_CRLF;
+  /* A '\r' at the end of a line means a CRLF body; say so instead of
+   * blaming the token it happens to end. */
+  if (at < st->end && *at == '\r' && (at + 1 == st->end || at[1] == '\n')) msg = MSG_CRLF;
   st->err->line = line;
   st->err->column = col > UINT32_MAX ? UINT32_MAX : (uint32_t)col;
   st->err->msg = msg;
@@ -915,15 +916,13 @@ int mg_parse(const char *body, size_t len, mg_parse_format_t fmt, const mg_parse
   return fmt == MG_FMT_OPENMETRICS ? parse_om(&st, body) : parse_text(&st, body);
 }
 
-static bool ct_is(const char *p, size_t n, const char *word) { return eq_nocase(p, n, word); }
-
 mg_parse_format_t mg_parse_format_from_content_type(const char *ct, size_t n) {
   if (!ct) return MG_FMT_PROM_TEXT;
   const char *p = skip_blank(ct, ct + n), *end = ct + n;
   const char *q = p;
   /* The media type runs to ';' or blanks; it compares case-insensitively. */
   while (q < end && *q != ';' && *q != ' ' && *q != '\t') q++;
-  if (ct_is(p, (size_t)(q - p), "application/openmetrics-text")) return MG_FMT_OPENMETRICS;
+  if (eq_nocase(p, (size_t)(q - p), "application/openmetrics-text")) return MG_FMT_OPENMETRICS;
   return MG_FMT_PROM_TEXT;
 }
 
