@@ -104,6 +104,7 @@ typedef struct scrape_ctx {
   uint64_t added;
   uint64_t duplicates;
   int stale_mode; /* parsing a remembered key to write its staleness marker */
+  mg_parse_format_t fmt;
   char err[200];
   /* metadata accumulator for the current family */
   mg_str_t meta_family;
@@ -317,7 +318,7 @@ static void meta_flush(scrape_ctx_t *c) {
   char *tmp = NULL;
   if (help.n && memchr(help.p, '\\', help.n)) {
     tmp = mg_malloc(help.n);
-    if (tmp) help = mg_str_n(tmp, mg_parse_unescape(c->meta_help, tmp));
+    if (tmp) help = mg_str_n(tmp, mg_parse_unescape_help(c->meta_help, c->fmt, tmp));
   }
   mg_wire_append_metadata(&t->meta_next, c->meta_type, c->meta_family, help, c->meta_unit);
   mg_free(tmp);
@@ -430,6 +431,7 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
     mg_series_begin(&t->series);
     mg_buf_reset(&t->meta_next);
     mg_parse_format_t fmt = mg_parse_format_from_content_type(ctype, ctype ? strlen(ctype) : 0);
+    c.fmt = fmt;
     static const mg_parse_callbacks_t cbs = {on_sample, on_meta};
     mg_parse_error_t perr = {0, 0, NULL};
     rc = mg_parse(body, len, fmt, &cbs, &c, &perr);
