@@ -1325,6 +1325,12 @@ def e2e_flow(c, prefix, receiver_kind, config_kind):
             tup = metric_sum(m, "moongate_targets", job=job, health="up")
             c.check(f"{prefix}: moongate_targets{{health=up}} == 1", tup == 1, f"{tup}")
             c.check(f"{prefix}: moongate_build_info present", metric_sum(m, "moongate_build_info") == 1)
+            def drained():
+                return metric_sum(fetch_own_metrics(gw.base), "moongate_remote_write_samples_pending",
+                                  destination=dest) == 0
+            c.check(f"{prefix}: moongate_remote_write_samples_pending{{destination={dest}}} drains to 0",
+                    bool(poll_until(drained, 10, 0.05)),
+                    f"{metric_sum(fetch_own_metrics(gw.base), 'moongate_remote_write_samples_pending', destination=dest)}")
             act = metric_sum(m, "moongate_series_active")
             c.check(f"{prefix}: moongate_series_active >= exporter series", act is not None and act >= len(both), f"{act}")
 
