@@ -21,8 +21,10 @@ enum {
   MG_SIGV4_ADD_CONTENT_SHA256 = 1 << 0,
 };
 
-/* Credentials, borrowed for the duration of the call. session_token may be
- * NULL or "" (long-term keys). */
+/* Credentials, borrowed for the duration of the call: access key id 1-128
+ * of A-Za-z0-9 - _ . ; secret 1-256 bytes; session_token NULL or "" for
+ * long-term keys, else printable ASCII without spaces (it is sent as a
+ * header value). */
 typedef struct mg_sigv4_creds {
   const char *access_key_id;
   const char *secret_access_key;
@@ -51,8 +53,8 @@ typedef struct mg_sigv4_request {
   /* ...unless this is set: the payload hash as 64 lower-case hex digits, or
    * a literal such as "UNSIGNED-PAYLOAD" (printable, at most 64 chars). */
   const char *payload_sha256_hex;
-  const char *region;  /* "us-east-1" */
-  const char *service; /* "aps" */
+  const char *region;  /* "us-east-1"; 1-63 of A-Za-z0-9 - _ . */
+  const char *service; /* "aps"; 1-63 of A-Za-z0-9 - _ . */
   int64_t unix_time;   /* seconds since the epoch, UTC; years 1970-9999 */
 } mg_sigv4_request_t;
 
@@ -75,10 +77,8 @@ typedef struct mg_sigv4_result {
  * date, region, service), embedded in its owner (one per destination).
  * It keeps a copy of the derived key only, never the secret: the secret is
  * recognised by a 64-bit fingerprint. A change of any part, including a
- * new day or rotated credentials, recomputes and replaces the entry; an
- * access key id, region or service too long for its field is signed
- * without caching. Not thread-safe; fields other than the counters are
- * private. */
+ * new day or rotated credentials, recomputes and replaces the entry.
+ * Not thread-safe; fields other than the counters are private. */
 typedef struct mg_sigv4_key_cache {
   uint64_t hits, misses; /* read-only for callers (self-metrics, tests) */
   int valid;
@@ -94,7 +94,8 @@ void mg_sigv4_key_cache_init(mg_sigv4_key_cache_t *c);
 /* Wipes the derived key. Safe on an initialised or zeroed cache. */
 void mg_sigv4_key_cache_cleanup(mg_sigv4_key_cache_t *c);
 
-/* Sign req with creds at req->unix_time and fill *out. cache may be NULL
+/* Sign req with creds at req->unix_time and fill *out (on success the
+ * derived key is in the cache, if any; the secret is nowhere in *out). cache may be NULL
  * (derive the key every time). debug, if not NULL, receives the canonical
  * request, a blank line, then the string to sign, for diagnosing a 403;
  * the session token is shown as "<session token>" (the string to sign
@@ -110,9 +111,9 @@ void mg_sigv4_key_cache_cleanup(mg_sigv4_key_cache_t *c);
  * names are lower-cased, values trimmed with runs of spaces, tabs and line
  * breaks folded to one space, repeated names joined with ',' in order.
  *
- * Errors: MG_EINVAL for a missing or malformed field (empty method, region
- * or service, a region/service/key id with '/' or control characters, a
- * header name that is not an HTTP token, no host header, a header the signer
+ * Errors: MG_EINVAL for a missing or malformed field (a method or header
+ * name that is not an HTTP token, credentials, region or service outside
+ * the limits above, no host header, a header the signer
  * adds itself given by the caller (authorization, x-amz-date, and
  * x-amz-security-token / x-amz-content-sha256 when the signer adds them),
  * a bad payload_sha256_hex, a time outside 1970-9999); MG_ETOOBIG when the
