@@ -186,6 +186,10 @@ def run(c):
         log(f"last request headers: user-agent={hl.get('user-agent')!r} "
             f"content-type={hl.get('content-type')!r} content-encoding={hl.get('content-encoding')!r}")
 
+        # SIGTERM right after the hung target got a request, so a scrape is
+        # certainly in flight (mid-timeout) when shutdown starts.
+        n = tg["hung"].requests
+        wait_for("a new request to the hung target", lambda: tg["hung"].requests > n, 10, 0.01)
         mgtest.stop_gateway(c, "exits 0 on SIGTERM with a scrape hanging", gw)
 
 
