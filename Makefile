@@ -33,12 +33,12 @@ test: deps-test build
 	$(MAKE) --no-print-directory test-asan test-fuzz
 
 test-unit: build
-	cd $(BUILD) && ctest --output-on-failure -L unit
+	cd $(BUILD) && ctest --output-on-failure -L "unit|integration"
 
 test-asan: deps-test
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON >/dev/null
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L unit
+	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -L "unit|integration"
 
 test-fuzz: deps-test
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMG_FUZZ=ON >/dev/null

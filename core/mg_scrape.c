@@ -49,7 +49,8 @@ typedef struct target {
   mg_http_req_t *req;
   mg_buf_t *body;
   int64_t start_wall_ms;
-  uint64_t start_mono_ms;
+  uint64_t start_ns; /* uv_hrtime at the start of the scrape */
+  unsigned refs;     /* its timer handle + a request in flight */
   mg_series_table_t series;
   mg_buf_t meta, meta_next; /* encoded MetricMetadata entries of the last good scrape */
   int up;                   /* -1 unknown, 0 down, 1 up */
@@ -114,6 +115,7 @@ typedef struct scrape_ctx {
 } scrape_ctx_t;
 
 static void scrape_unref(mg_scrape_t *s);
+static void target_unref(struct target *t);
 
 /* ---- label building ---------------------------------------------------- */
 
@@ -494,10 +496,10 @@ static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t
   t->req = NULL;
   if (err == MG_ECANCELED || s->stopped) {
     release_body(t);
-    scrape_unref(s);
+    target_unref(t);
     return;
   }
-  double duration = (double)(uv_now(s->loop) - t->start_mono_ms) / 1000.0;
+  double duration = (double)(uv_hrtime() - t->start_ns) / 1e9;
   char why[320];
   why[0] = '\0';
   int rc;
@@ -526,7 +528,7 @@ static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t
     mg_metric_inc(t->jm->ok);
     set_health(t, 1, NULL);
   }
-  scrape_unref(s);
+  target_unref(t);
 }
 
 static void on_tick(uv_timer_t *h) {
@@ -547,7 +549,7 @@ static void on_tick(uv_timer_t *h) {
   }
   t->body->limit = t->job->body_size_limit ? t->job->body_size_limit : MG_SCRAPE_DEFAULT_BODY_LIMIT;
   t->start_wall_ms = mg_wall_ms();
-  t->start_mono_ms = uv_now(s->loop);
+  t->start_ns = uv_hrtime();
   mg_http_tls_opts_t tls = {
       .ca_file = t->job->tls.ca_file,
       .cert_file = t->job->tls.cert_file,
@@ -567,10 +569,10 @@ static void on_tick(uv_timer_t *h) {
       .tls = &tls,
       .body_out = t->body,
   };
-  s->refs++;
+  t->refs++;
   int rc = mg_http_client_request(s->http, &req, on_scraped, t, &t->req);
   if (rc) {
-    s->refs--;
+    t->refs--;
     t->req = NULL;
     release_body(t);
     MG_ERROR("scrape", "request_invalid", "job=%s target=%s err=%s", t->job->name, t->url, mg_err_name(rc));
@@ -635,8 +637,10 @@ static int target_labels(target_t *t, const mg_conf_target_t *ct) {
   return 0;
 }
 
-static void on_target_closed(uv_handle_t *h) {
-  target_t *t = h->data;
+/* A target lives until its timer is closed and its last request's callback
+ * ran (a canceled scrape still calls back, later). */
+static void target_unref(target_t *t) {
+  if (--t->refs) return;
   mg_scrape_t *s = t->s;
   mg_series_cleanup(&t->series);
   mg_buf_cleanup(&t->strings);
@@ -691,9 +695,12 @@ static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metric
   if (t->auth_value) t->headers[2] = (mg_http_header_t){"Authorization", t->auth_value};
   uv_timer_init(s->loop, &t->timer);
   t->timer.data = t;
+  t->refs = 1;
   s->refs++;
   return t;
 }
+
+static void on_timer_closed(uv_handle_t *h) { target_unref(h->data); }
 
 static void on_meta_timer(uv_timer_t *h);
 
@@ -877,7 +884,7 @@ static void on_meta_timer_closed(uv_handle_t *h) { scrape_unref(h->data); }
 void mg_scrape_free(mg_scrape_t *s) {
   if (!s) return;
   mg_scrape_stop(s);
-  for (size_t i = 0; i < s->ntargets; i++) uv_close((uv_handle_t *)&s->targets[i]->timer, on_target_closed);
+  for (size_t i = 0; i < s->ntargets; i++) uv_close((uv_handle_t *)&s->targets[i]->timer, on_timer_closed);
   if (s->meta_timer_init) uv_close((uv_handle_t *)&s->meta_timer, on_meta_timer_closed);
   scrape_unref(s);
 }
