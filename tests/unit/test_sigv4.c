@@ -858,20 +858,31 @@ MG_TEST(alloc_failures) {
 
 /* ---- botocore oracle (driven by tests/integration/test_sigv4_botocore.py) ---- */
 
+static int hexdigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+/* A driver field: hex bytes; "-" is NULL (returns 1), "=" the empty string. */
 static int unhex(const char *s, mg_buf_t *out) {
   mg_buf_reset(out);
   if (strcmp(s, "-") == 0) return 1;
+  if (strcmp(s, "=") == 0) s = "";
   size_t n = strlen(s);
   if (n % 2) return -1;
+  if (mg_buf_reserve(out, n / 2 + 1)) return -1;
   for (size_t i = 0; i < n; i += 2) {
-    unsigned v;
-    if (sscanf(s + i, "%2x", &v) != 1 || mg_buf_append_byte(out, (unsigned char)v)) return -1;
+    int hi = hexdigit(s[i]), lo = hexdigit(s[i + 1]);
+    if (hi < 0 || lo < 0) return -1;
+    out->data[out->len++] = (char)(hi << 4 | lo);
   }
+  out->data[out->len] = '\0';
   if (mg_buf_reserve(out, 1)) return -1; /* data is never NULL after this */
   return 0;
 }
 
-/* Input, one request per block (hex fields, "-" for NULL):
+/* Input, one request per block (hex fields, "-" for NULL, "=" for empty):
  *   R method path query region service unix_time flags akid secret token mode payload
  *   H name value        (repeated)
  *   E
