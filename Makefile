@@ -33,7 +33,7 @@ test: deps-test build
 	$(MAKE) --no-print-directory test-asan test-fuzz
 
 test-unit: build
-	cd $(BUILD) && ctest --output-on-failure -L "unit|integration"
+	cd $(BUILD) && ctest --output-on-failure -L unit
 
 test-asan: deps-test
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DMG_SANITIZE=ON >/dev/null
