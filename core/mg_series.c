@@ -5,6 +5,7 @@
 
 #include <string.h>
 
+#include "mg_err.h"
 #include "mg_mem.h"
 
 void mg_series_init(mg_series_table_t *t) {
@@ -48,33 +49,71 @@ mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash) {
   }
 }
 
-static int store_key(mg_series_table_t *t, mg_str_t key, uint32_t *off) {
-  unsigned char hdr[10];
-  size_t h = 0;
-  uint64_t v = key.n;
+static size_t put_varint(unsigned char *p, uint64_t v) {
+  size_t n = 0;
   while (v >= 0x80) {
-    hdr[h++] = (unsigned char)(v | 0x80);
+    p[n++] = (unsigned char)(v | 0x80);
     v >>= 7;
   }
-  hdr[h++] = (unsigned char)v;
-  size_t at = t->keys.len;
-  if (mg_buf_reserve(&t->keys, h + key.n)) return -1;
-  mg_buf_append(&t->keys, hdr, h);
-  mg_buf_append(&t->keys, key.p, key.n);
-  *off = (uint32_t)at;
-  return 0;
+  p[n++] = (unsigned char)v;
+  return n;
 }
 
-mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e) {
-  const unsigned char *p = (const unsigned char *)t->keys.data + e->key;
+static const unsigned char *get_varint(const unsigned char *p, size_t *v) {
   size_t n = 0;
   int shift = 0;
   while (*p & 0x80) {
     n |= (size_t)(*p++ & 0x7f) << shift;
     shift += 7;
   }
-  n |= (size_t)*p++ << shift;
+  *v = n | ((size_t)*p++ << shift);
+  return p;
+}
+
+static int store_record(mg_series_table_t *t, mg_str_t key, const void *extra, size_t extra_n, uint32_t *off) {
+  unsigned char h1[10], h2[10];
+  size_t n1 = put_varint(h1, key.n), n2 = put_varint(h2, extra_n);
+  size_t at = t->keys.len;
+  if (mg_buf_reserve(&t->keys, n1 + key.n + n2 + extra_n)) return -1;
+  mg_buf_append(&t->keys, h1, n1);
+  mg_buf_append(&t->keys, key.p, key.n);
+  mg_buf_append(&t->keys, h2, n2);
+  mg_buf_append(&t->keys, extra, extra_n);
+  *off = (uint32_t)at;
+  return 0;
+}
+
+mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e) {
+  size_t n;
+  const unsigned char *p = get_varint((const unsigned char *)t->keys.data + e->key, &n);
   return mg_str_n((const char *)p, n);
+}
+
+mg_str_t mg_series_extra(const mg_series_table_t *t, const mg_series_entry_t *e) {
+  mg_str_t k = mg_series_key(t, e);
+  size_t n;
+  const unsigned char *p = get_varint((const unsigned char *)k.p + k.n, &n);
+  return mg_str_n((const char *)p, n);
+}
+
+/* Whole record size, for garbage accounting and compaction. */
+static size_t record_size(const mg_series_table_t *t, const mg_series_entry_t *e) {
+  mg_str_t x = mg_series_extra(t, e);
+  return (size_t)(x.p + x.n - (t->keys.data + e->key));
+}
+
+int mg_series_set_extra(mg_series_table_t *t, mg_series_entry_t *e, const void *p, size_t n) {
+  /* The key view points into the store that the append may move: copy the
+   * record's position, not the pointer. */
+  size_t old = record_size(t, e);
+  mg_str_t k = mg_series_key(t, e);
+  size_t koff = (size_t)(k.p - t->keys.data), kn = k.n;
+  if (mg_buf_reserve(&t->keys, kn + n + 20)) return MG_ENOMEM;
+  uint32_t off;
+  store_record(t, mg_str_n(t->keys.data + koff, kn), p, n, &off);
+  t->garbage += old;
+  e->key = off;
+  return 0;
 }
 
 mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_t key, bool *is_new) {
@@ -85,7 +124,7 @@ mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_
   }
   if ((uint64_t)(t->count + 1) * 4 > (uint64_t)t->cap * 3 && grow(t) != 0) return NULL;
   uint32_t off;
-  if (store_key(t, key, &off) != 0) return NULL;
+  if (store_record(t, key, NULL, 0, &off) != 0) return NULL;
   uint32_t mask = t->cap - 1;
   uint32_t j = (uint32_t)hash & mask;
   while (t->slots[j].hash) j = (j + 1) & mask;
@@ -125,9 +164,8 @@ static void compact_keys(mg_series_table_t *t) {
   for (uint32_t i = 0; i < t->cap; i++) {
     mg_series_entry_t *e = &t->slots[i];
     if (!e->hash) continue;
-    const unsigned char *start = (const unsigned char *)t->keys.data + e->key;
-    mg_str_t k = mg_series_key(t, e);
-    size_t total = (size_t)((const unsigned char *)k.p - start) + k.n;
+    const char *start = t->keys.data + e->key;
+    size_t total = record_size(t, e);
     e->key = (uint32_t)nk.len;
     mg_buf_append(&nk, start, total);
   }
@@ -146,7 +184,7 @@ size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, voi
     if (e->hash && (all || e->epoch != t->epoch)) {
       mg_str_t key = mg_series_key(t, e);
       if (fn) fn(ud, e, key);
-      t->garbage += (size_t)(key.p - (t->keys.data + e->key)) + key.n;
+      t->garbage += record_size(t, e);
       delete_slot(t, i);
       removed++;
       continue;

@@ -31,14 +31,18 @@ typedef struct mg_series_entry {
  * that scrape fails, the series was never written and gets no staleness
  * marker. */
 #define MG_SERIES_ROUTE_PENDING 0x8000u
+/* Flag on route: the decision rewrote the labels; the rewritten set is
+ * kept with the key (mg_series_extra). */
+#define MG_SERIES_ROUTE_REWRITTEN 0x4000u
+#define MG_SERIES_ROUTE_ID(route) ((route) & 0x3fffu)
 
 typedef struct mg_series_table {
   mg_series_entry_t *slots;
   uint32_t cap, count;
   uint16_t epoch;
-  /* Key store: each key is a varint length followed by its bytes. Deleted
-   * keys become garbage that mg_series_sweep compacts away when it reaches
-   * half the store. */
+  /* Key store: each record is varint length + key bytes + varint length +
+   * extra bytes. Deleted records become garbage that mg_series_sweep
+   * compacts away when it reaches half the store. */
   mg_buf_t keys;
   size_t garbage;
 } mg_series_table_t;
@@ -63,6 +67,12 @@ mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash);
 
 /* The key bytes of an entry (borrowed until the next insert/sweep). */
 mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e);
+/* Bytes the decision stored with the series (rewritten labels), or empty.
+ * Borrowed until the next insert, set_extra or sweep. */
+mg_str_t mg_series_extra(const mg_series_table_t *t, const mg_series_entry_t *e);
+/* Store bytes with the series (replaces what was there). Costs a copy of
+ * the key: meant for new series only. Returns 0 or MG_ENOMEM. */
+int mg_series_set_extra(mg_series_table_t *t, mg_series_entry_t *e, const void *p, size_t n);
 
 /* After a successful scrape: every series not seen in the current epoch is
  * passed to fn (to write a staleness marker) and removed. With all = true

@@ -86,4 +86,37 @@ MG_TEST(churn_keeps_every_entry_findable) {
   mg_series_cleanup(&t);
 }
 
+MG_TEST(extra_bytes_survive_compaction) {
+  mg_series_table_t t;
+  mg_series_init(&t);
+  bool is_new;
+  char key[32], extra[32];
+  for (int round = 0; round < 6; round++) {
+    mg_series_begin(&t);
+    for (int i = round * 100; i < round * 100 + 300; i++) {
+      int n = snprintf(key, sizeof key, "k%d", i);
+      mg_series_entry_t *e = mg_series_upsert(&t, mg_series_hash(key, (size_t)n, 0), mg_str_n(key, (size_t)n), &is_new);
+      REQUIRE(e);
+      e->epoch = t.epoch;
+      if (is_new && i % 2) {
+        int m = snprintf(extra, sizeof extra, "x%d", i);
+        CHECK_INT(mg_series_set_extra(&t, e, extra, (size_t)m), 0);
+      }
+    }
+    mg_series_sweep(&t, false, NULL, NULL);
+  }
+  int bad = 0;
+  for (int i = 500; i < 800; i++) {
+    int n = snprintf(key, sizeof key, "k%d", i);
+    mg_series_entry_t *e = mg_series_find(&t, mg_series_hash(key, (size_t)n, 0));
+    REQUIRE(e);
+    mg_str_t k = mg_series_key(&t, e), x = mg_series_extra(&t, e);
+    int m = snprintf(extra, sizeof extra, "x%d", i);
+    if (!mg_str_eq(k, mg_str_n(key, (size_t)n))) bad++;
+    if (i % 2 ? !mg_str_eq(x, mg_str_n(extra, (size_t)m)) : x.n != 0) bad++;
+  }
+  CHECK_INT(bad, 0);
+  mg_series_cleanup(&t);
+}
+
 MG_TEST_MAIN()
