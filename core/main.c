@@ -18,6 +18,7 @@
 #include "mg_loop.h"
 #include "mg_lua.h"
 #include "mg_lua_api.h"
+#include "mg_lua_hooks.h"
 #include "mg_mem.h"
 #include "mg_metrics.h"
 #include "mg_promyml.h"
@@ -34,6 +35,8 @@ static const char usage[] =
     "  moongate run FILE [--listen ADDR] [--data-dir DIR] [--log-level LEVEL] [--drain-timeout DUR]\n"
     "               [--allow-unsafe-lua]\n"
     "  moongate check FILE [--allow-unsafe-lua]\n"
+    "  moongate test FILE --input EXPOSITION [--job NAME] [--target-label NAME=VALUE ...]\n"
+    "                [--content-type TYPE]   print where each series would go, and why\n"
     "  moongate --version | --help\n"
     "\n"
     "FILE is a Lua script (*.lua) or a Prometheus configuration (*.yml, *.yaml).\n"
@@ -46,6 +49,8 @@ static const char usage[] =
 typedef struct app {
   mg_loop_t loop;
   mg_conf_t *conf;
+  mg_lua_vm_t *vm; /* kept while the script's hooks are in use */
+  mg_lua_hooks_t *hooks;
   mg_http_client_t *http;
   mg_http_server_t *server;
   mg_dest_t **dests;
@@ -71,7 +76,12 @@ static void print_conf_error(const mg_conf_error_t *e) {
   else fprintf(stderr, "%s\n", e->msg);
 }
 
-static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out) {
+/* Load FILE into a finished plan. For a Lua script that defines hooks,
+ * *vm and *hooks stay alive for the caller (both NULL otherwise). */
+static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out, mg_lua_vm_t **vmp,
+                     mg_lua_hooks_t **hooksp) {
+  *vmp = NULL;
+  *hooksp = NULL;
   mg_conf_error_t err;
   memset(&err, 0, sizeof err);
   int rc;
@@ -90,16 +100,15 @@ static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_
     rc = mg_lua_vm_new(&opts, &vm);
     if (rc == 0) rc = mg_lua_api_open(vm);
     if (rc == 0) rc = mg_lua_api_load(vm, path, out, &err);
-    if (rc == 0) {
-      rc = mg_lua_api_finish(vm, *out, &err);
-      if (rc) {
-        mg_conf_free(*out);
-        *out = NULL;
-      }
-    } else if (!err.msg[0]) {
-      snprintf(err.msg, sizeof err.msg, "cannot start the Lua VM: %s", mg_err_str(rc));
+    if (rc == 0) rc = mg_lua_api_finish(vm, *out, &err);
+    if (rc == 0) rc = mg_lua_hooks_new(vm, *out, hooksp, &err);
+    if (rc && *out) {
+      mg_conf_free(*out);
+      *out = NULL;
     }
-    mg_lua_vm_free(vm);
+    if (rc && !err.msg[0]) snprintf(err.msg, sizeof err.msg, "cannot start the Lua VM: %s", mg_err_str(rc));
+    if (*hooksp) *vmp = vm;
+    else mg_lua_vm_free(vm);
   } else if (has_suffix(path, ".yml") || has_suffix(path, ".yaml")) {
     rc = mg_promyml_load(path, out, &err);
   } else {
@@ -190,11 +199,152 @@ static void on_reload(void *ud, int signum) {
 
 /* ---- commands ---------------------------------------------------------------- */
 
+typedef struct test_out {
+  const mg_conf_t *conf;
+  mg_buf_t line;
+} test_out_t;
+
+/* `moongate test` prints each sample's final labels and where it goes. */
+static void test_trace(void *ud, const mg_label_t *labels, size_t n, uint64_t dests, const char *reason, double v) {
+  test_out_t *o = ud;
+  mg_buf_reset(&o->line);
+  mg_str_t name = {"", 0};
+  for (size_t i = 0; i < n; i++)
+    if (mg_str_eq_c(labels[i].name, "__name__")) name = labels[i].value;
+  mg_buf_append(&o->line, name.p, name.n);
+  int first = 1;
+  for (size_t i = 0; i < n; i++) {
+    if (mg_str_eq_c(labels[i].name, "__name__")) continue;
+    mg_buf_printf(&o->line, "%s%.*s=\"", first ? "{" : ",", (int)labels[i].name.n, labels[i].name.p);
+    for (size_t k = 0; k < labels[i].value.n; k++) {
+      char ch = labels[i].value.p[k];
+      if (ch == '"' || ch == '\\') mg_buf_append_byte(&o->line, '\\');
+      if (ch == '\n') mg_buf_append(&o->line, "\\n", 2);
+      else mg_buf_append_byte(&o->line, (unsigned char)ch);
+    }
+    mg_buf_append_byte(&o->line, '"');
+    first = 0;
+  }
+  if (!first) mg_buf_append_byte(&o->line, '}');
+  mg_buf_printf(&o->line, " %.17g -> ", v);
+  if (!dests) {
+    mg_buf_printf(&o->line, "dropped (%s)", reason ? reason : "dropped");
+  } else {
+    int sep = 0;
+    for (size_t d = 0; d < o->conf->ndests && d < 64; d++)
+      if (dests >> d & 1) mg_buf_printf(&o->line, "%s%s", sep++ ? ", " : "", o->conf->dests[d]->name);
+  }
+  printf("%s\n", o->line.data);
+}
+
+static int read_file(const char *path, mg_buf_t *out) {
+  FILE *f = fopen(path, "re");
+  if (!f) return MG_EIO;
+  char chunk[65536];
+  size_t n;
+  int rc = 0;
+  while (!rc && (n = fread(chunk, 1, sizeof chunk, f)) > 0) rc = mg_buf_append(out, chunk, n);
+  fclose(f);
+  return rc;
+}
+
+/* Dry-run an exposition file through the script's rules: one target of
+ * the chosen job (labels from --target-label), no network, no sending. */
+static int cmd_test(const char *path, const char *input, const char *job_name, const char *ctype, char **tlabels,
+                    size_t ntlabels, int allow_unsafe) {
+  mg_conf_t *conf = NULL, *mini = NULL;
+  mg_lua_vm_t *vm;
+  mg_lua_hooks_t *hooks;
+  mg_buf_t body;
+  mg_buf_init(&body, 256u << 20);
+  int exit_code = 1, rc;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  mg_scrape_t *scrape = NULL;
+  test_out_t out = {0};
+  mg_buf_init(&out.line, 0);
+  if (load_conf(path, DEFAULT_LISTEN, allow_unsafe, &conf, &vm, &hooks) != 0) goto done;
+  if (read_file(input, &body) != 0) {
+    fprintf(stderr, "--input %s: cannot read: %s\n", input, strerror(errno));
+    goto done;
+  }
+  const mg_conf_job_t *src = NULL;
+  for (size_t i = 0; i < conf->njobs; i++)
+    if (!job_name || strcmp(conf->jobs[i]->name, job_name) == 0) {
+      src = conf->jobs[i];
+      break;
+    }
+  if (job_name && !src) {
+    fprintf(stderr, "--job %s: the script declares no such job\n", job_name);
+    goto done;
+  }
+  mini = mg_conf_new(path, conf->source);
+  mg_conf_job_t *j = mini ? mg_conf_add_job(mini, src ? src->name : "test") : NULL;
+  const char *addr = "test:0";
+  for (size_t i = 0; i < ntlabels; i++)
+    if (strncmp(tlabels[i], "instance=", 9) == 0) addr = tlabels[i] + 9;
+  mg_conf_target_t *t = j ? mg_conf_job_add_target(j, addr) : NULL;
+  if (!t) goto done;
+  for (size_t i = 0; i < conf->external_labels.n; i++)
+    mg_kvs_add(&mini->external_labels, conf->external_labels.v[i].name, conf->external_labels.v[i].value);
+  for (size_t i = 0; i < ntlabels; i++) {
+    char *eq = strchr(tlabels[i], '=');
+    if (!eq) {
+      fprintf(stderr, "--target-label %s: use NAME=VALUE\n", tlabels[i]);
+      goto done;
+    }
+    *eq = '\0';
+    if (strcmp(tlabels[i], "instance") != 0) mg_kvs_set(&t->labels, tlabels[i], eq + 1);
+    *eq = '=';
+  }
+  if (src) {
+    j->honor_labels = src->honor_labels;
+    j->honor_timestamps = src->honor_timestamps;
+    j->sample_limit = src->sample_limit;
+    j->label_limit = src->label_limit;
+    j->label_name_length_limit = src->label_name_length_limit;
+    j->label_value_length_limit = src->label_value_length_limit;
+  } else {
+    j->honor_timestamps = true;
+  }
+  mg_conf_set_str(&j->scheme, "http");
+  mg_conf_set_str(&j->metrics_path, "/metrics");
+  scrape = mg_scrape_new(&loop, NULL, mini, NULL, conf->ndests, &rc);
+  if (!scrape) goto done;
+  out.conf = conf;
+  if (hooks) mg_scrape_set_decider(scrape, mg_lua_hooks_decide, hooks);
+  mg_scrape_set_trace(scrape, test_trace, &out);
+  char why[320];
+  rc = mg_scrape_ingest(scrape, 0, body.data, body.len, ctype, mg_wall_ms(), why, sizeof why);
+  if (rc) {
+    fprintf(stderr, "%s: the scrape would fail (up=0): %s\n", input, why);
+    goto done;
+  }
+  exit_code = 0;
+done:
+  mg_scrape_free(scrape);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  mg_buf_cleanup(&out.line);
+  mg_buf_cleanup(&body);
+  mg_lua_hooks_free(hooks);
+  mg_lua_vm_free(vm);
+  mg_conf_free(mini);
+  mg_conf_free(conf);
+  mg_metrics_reset();
+  return exit_code;
+}
+
 static int cmd_check(const char *path, int allow_unsafe) {
   mg_conf_t *conf = NULL;
-  if (load_conf(path, DEFAULT_LISTEN, allow_unsafe, &conf) != 0) return 1;
+  mg_lua_vm_t *vm;
+  mg_lua_hooks_t *hooks;
+  if (load_conf(path, DEFAULT_LISTEN, allow_unsafe, &conf, &vm, &hooks) != 0) return 1;
   mg_conf_print(conf, stdout);
+  if (hooks) printf("hooks: per-series Lua hooks defined (run once per new series)\n");
   printf("%s: OK\n", path);
+  mg_lua_hooks_free(hooks);
+  mg_lua_vm_free(vm);
   mg_conf_free(conf);
   return 0;
 }
@@ -215,7 +365,7 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
   app_t a;
   memset(&a, 0, sizeof a);
   a.drain_ms = drain_ms;
-  if (load_conf(path, listen, allow_unsafe, &a.conf) != 0) return 1;
+  if (load_conf(path, listen, allow_unsafe, &a.conf, &a.vm, &a.hooks) != 0) return 1;
   if (ensure_dir(data_dir) != 0) {
     mg_conf_free(a.conf);
     return 1;
@@ -261,6 +411,7 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
     fprintf(stderr, "scrape set-up: %s\n", mg_err_str(rc));
     goto out;
   }
+  if (a.hooks) mg_scrape_set_decider(a.scrape, mg_lua_hooks_decide, a.hooks);
   mg_loop_watch_signals(&a.loop, on_stop, on_reload, &a);
   mg_scrape_start(a.scrape);
   a.ready = 1;
@@ -280,6 +431,8 @@ out:
     MG_ERROR("main", "unclean_shutdown", "hint=\"handles were left open; please report\"");
   }
   mg_free(a.dests);
+  mg_lua_hooks_free(a.hooks);
+  mg_lua_vm_free(a.vm);
   mg_conf_free(a.conf);
   mg_metrics_reset();
   return exit_code;
@@ -302,6 +455,9 @@ int main(int argc, char **argv) {
   const char *file = NULL, *listen = DEFAULT_LISTEN, *data_dir = "data";
   uint64_t drain_ms = DEFAULT_DRAIN_MS;
   int allow_unsafe = 0;
+  const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4";
+  char *tlabels[64];
+  size_t ntlabels = 0;
   for (int i = 2; i < argc; i++) {
     const char *arg = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -319,6 +475,18 @@ int main(int argc, char **argv) {
         return 2;
       }
       i++;
+    } else if (!strcmp(arg, "--input") && val) {
+      input = val, i++;
+    } else if (!strcmp(arg, "--job") && val) {
+      job = val, i++;
+    } else if (!strcmp(arg, "--content-type") && val) {
+      ctype = val, i++;
+    } else if (!strcmp(arg, "--target-label") && val) {
+      if (ntlabels == sizeof tlabels / sizeof *tlabels) {
+        fprintf(stderr, "too many --target-label options\n");
+        return 2;
+      }
+      tlabels[ntlabels++] = argv[++i];
     } else if (!strcmp(arg, "--allow-unsafe-lua")) {
       allow_unsafe = 1;
     } else if (arg[0] == '-') {
@@ -330,6 +498,13 @@ int main(int argc, char **argv) {
       fprintf(stderr, "unexpected argument %s\n\n%s", arg, usage);
       return 2;
     }
+  }
+  if (!strcmp(cmd, "test")) {
+    if (!file || !input) {
+      fprintf(stderr, "moongate test: name a script or prometheus.yml and --input FILE\n\n%s", usage);
+      return 2;
+    }
+    return cmd_test(file, input, job, ctype, tlabels, ntlabels, allow_unsafe);
   }
   if (!strcmp(cmd, "run") || !strcmp(cmd, "check")) {
     if (!file) {

@@ -50,7 +50,7 @@ typedef struct api {
   size_t ndests, dests_cap;
 } api_t;
 
-static char key_api, key_dest_mt;
+static char key_api, key_dest_mt, key_module;
 
 static api_t *api_of(lua_State *L) { return *(api_t **)lua_touserdata(L, lua_upvalueindex(1)); }
 
@@ -637,10 +637,28 @@ static int l_env(lua_State *L) {
   return 1;
 }
 
+/* moongate.lua hands its module table over, so that C can read the hooks
+ * (mg.route, ...) a script stores in it. */
+static int l_module(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushlightuserdata(L, &key_module);
+  lua_pushvalue(L, 1);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+int mg_lua_api_push_module(lua_State *L) {
+  lua_pushlightuserdata(L, &key_module);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_istable(L, -1)) return 0;
+  lua_pop(L, 1);
+  return MG_ENOTFOUND;
+}
+
 static const luaL_Reg core_funcs[] = {
     {"global", l_global},     {"scrape", l_scrape}, {"destination", l_destination},
     {"duration", l_duration}, {"bytes", l_bytes},   {"log", l_log},
-    {"env", l_env},           {NULL, NULL},
+    {"env", l_env},           {"module", l_module}, {NULL, NULL},
 };
 
 /* The table moongate.lua receives as `...`. */

@@ -49,4 +49,10 @@ int mg_lua_api_finish(mg_lua_vm_t *vm, mg_conf_t *c, mg_conf_error_t *err);
  * *index and return 0; otherwise MG_EINVAL. For routing hooks. */
 int mg_lua_api_todest(lua_State *L, int idx, size_t *index);
 
+/* Push the module table of the loaded script (what `require "moongate"`
+ * returned; hooks such as mg.route live in it). Returns 0, or
+ * MG_ENOTFOUND with nothing pushed when the script never required it.
+ * Pushes an existing value: never allocates. */
+int mg_lua_api_push_module(lua_State *L);
+
 #endif

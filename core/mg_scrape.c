@@ -77,6 +77,7 @@ struct mg_scrape {
   struct staged {
     uint32_t off, len;
     uint64_t hash;
+    uint64_t dests; /* bit i: destination i */
   } *entries;
   size_t nentries, entries_cap;
   mg_buf_t scratch;
@@ -94,7 +95,22 @@ struct mg_scrape {
   int stopped;
   unsigned refs;
   mg_metric_t *m_active;
+  /* decisions */
+  uint64_t all_dests;
+  uint64_t *route_masks; /* route id ROUTE_FIRST + i -> destination mask */
+  size_t nroutes, routes_cap;
+  mg_series_decide_fn decide;
+  void *decide_ud;
+  mg_scrape_trace_fn trace;
+  void *trace_ud;
+  mg_buf_t extra; /* encoding of rewritten labels */
+  mg_label_t decoded[MAX_SERIES_LABELS];
 };
+
+/* Route ids below this are the fixed ones of mg_series.h. */
+#define ROUTE_FIRST 3
+/* Route ids fit in the 14 bits mg_series leaves for them. */
+#define MAX_ROUTES (0x3fffu - ROUTE_FIRST)
 
 /* Per-scrape parse context. */
 typedef struct scrape_ctx {
@@ -105,6 +121,7 @@ typedef struct scrape_ctx {
   uint64_t added;
   uint64_t duplicates;
   int stale_mode; /* parsing a remembered key to write its staleness marker */
+  const mg_series_entry_t *gone; /* the entry being marked stale */
   mg_parse_format_t fmt;
   char err[200];
   /* metadata accumulator for the current family */
@@ -136,9 +153,11 @@ static size_t merge_missing(mg_label_t *out, size_t n, const mg_label_t *add, si
   return n;
 }
 
-/* Build the final sorted label set of a sample: parsed labels (unescaped),
- * the target's labels with Prometheus's honor_labels rule, external labels,
- * empty values removed. Returns the count, or -1 with ctx->err set. */
+/* Build the sorted label set of a sample as the scrape sees it: parsed
+ * labels (unescaped), the target's labels with Prometheus's honor_labels
+ * rule, empty values removed. External labels come later (with_external),
+ * as in Prometheus, where they belong to remote write. Returns the count,
+ * or -1 with ctx->err set. */
 static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t *out) {
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
@@ -223,7 +242,6 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
     }
   }
   if (renamed) qsort(out, n, sizeof *out, label_cmp);
-  if (s->next) n = merge_missing(out, n, s->ext, s->next, MAX_SERIES_LABELS);
   if (job->label_limit && n > job->label_limit) {
     snprintf(c->err, sizeof c->err, "series has %zu labels, over label_limit %llu", n,
              (unsigned long long)job->label_limit);
@@ -234,8 +252,17 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
 
 /* ---- staging ------------------------------------------------------------ */
 
-static int stage(scrape_ctx_t *c, uint64_t hash, const mg_label_t *labels, size_t n, double v, int64_t ts) {
+/* Add the external labels a series does not have itself. */
+static size_t with_external(const mg_scrape_t *s, const mg_label_t *in, size_t n, mg_label_t *out) {
+  memcpy(out, in, n * sizeof *in);
+  return s->next ? merge_missing(out, n, s->ext, s->next, MAX_SERIES_LABELS) : n;
+}
+
+static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *stage1, size_t n1, double v,
+                 int64_t ts) {
   mg_scrape_t *s = c->t->s;
+  mg_label_t labels[MAX_SERIES_LABELS];
+  size_t n = with_external(s, stage1, n1, labels);
   size_t off = s->staging.len;
   int rc = mg_wire_append_series(&s->staging, labels, n, v, ts);
   if (rc) {
@@ -252,7 +279,8 @@ static int stage(scrape_ctx_t *c, uint64_t hash, const mg_label_t *labels, size_
     s->entries = p;
     s->entries_cap = ncap;
   }
-  s->entries[s->nentries++] = (struct staged){(uint32_t)off, (uint32_t)(s->staging.len - off), hash ^ c->t->seed};
+  s->entries[s->nentries++] =
+      (struct staged){(uint32_t)off, (uint32_t)(s->staging.len - off), hash ^ c->t->seed, dests};
   return 0;
 }
 
@@ -292,14 +320,119 @@ static void stage_reset(mg_scrape_t *s) {
 }
 
 static void stage_commit(mg_scrape_t *s) {
-  for (size_t i = 0; i < s->nentries; i++) {
+  for (size_t i = 0; s->dests && i < s->nentries; i++) {
     struct staged *e = &s->entries[i];
-    for (size_t d = 0; d < s->ndests; d++) mg_dest_append(s->dests[d], e->hash, s->staging.data + e->off, e->len, 1);
+    for (size_t d = 0; d < s->ndests; d++)
+      if (e->dests >> d & 1) mg_dest_append(s->dests[d], e->hash, s->staging.data + e->off, e->len, 1);
   }
   stage_reset(s);
 }
 
-/* A synthetic series: name + target labels (+ external labels). */
+/* ---- decisions ------------------------------------------------------------ */
+
+static uint64_t route_mask(const mg_scrape_t *s, uint16_t route) {
+  unsigned id = MG_SERIES_ROUTE_ID(route);
+  if (id == MG_SERIES_ROUTE_DROP) return 0;
+  if (id >= ROUTE_FIRST && id - ROUTE_FIRST < s->nroutes) return s->route_masks[id - ROUTE_FIRST];
+  return s->all_dests;
+}
+
+/* The route id of a destination set (few distinct sets exist: they are
+ * looked up linearly, once per new series). */
+static int route_for(mg_scrape_t *s, uint64_t dests, uint16_t *out) {
+  if (dests == 0) return *out = MG_SERIES_ROUTE_DROP, 0;
+  if (dests == s->all_dests) return *out = MG_SERIES_ROUTE_DEFAULT, 0;
+  for (size_t i = 0; i < s->nroutes; i++)
+    if (s->route_masks[i] == dests) return *out = (uint16_t)(ROUTE_FIRST + i), 0;
+  if (s->nroutes == MAX_ROUTES) return MG_EFULL;
+  if (s->nroutes == s->routes_cap) {
+    size_t ncap = s->routes_cap ? s->routes_cap * 2 : 16;
+    uint64_t *p = mg_reallocarray(s->route_masks, ncap, sizeof *p);
+    if (!p) return MG_ENOMEM;
+    s->route_masks = p;
+    s->routes_cap = ncap;
+  }
+  s->route_masks[s->nroutes] = dests;
+  *out = (uint16_t)(ROUTE_FIRST + s->nroutes++);
+  return 0;
+}
+
+/* Rewritten labels are kept with the series as (varint length, bytes)
+ * name/value pairs; decoding gives views into the key store. */
+static int encode_labels(mg_buf_t *b, const mg_label_t *l, size_t n) {
+  mg_buf_reset(b);
+  for (size_t i = 0; i < n; i++) {
+    mg_str_t parts[2] = {l[i].name, l[i].value};
+    for (int k = 0; k < 2; k++) {
+      unsigned char v[10];
+      size_t m = 0;
+      uint64_t len = parts[k].n;
+      while (len >= 0x80) v[m++] = (unsigned char)(len | 0x80), len >>= 7;
+      v[m++] = (unsigned char)len;
+      if (mg_buf_append(b, v, m) || mg_buf_append(b, parts[k].p, parts[k].n)) return MG_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+static size_t decode_labels(mg_str_t in, mg_label_t *out, size_t cap) {
+  const unsigned char *p = (const unsigned char *)in.p, *end = p + in.n;
+  size_t n = 0;
+  while (p < end && n < cap) {
+    mg_str_t parts[2];
+    for (int k = 0; k < 2; k++) {
+      size_t len = 0;
+      int shift = 0;
+      while (*p & 0x80) len |= (size_t)(*p++ & 0x7f) << shift, shift += 7;
+      len |= (size_t)*p++ << shift;
+      parts[k] = mg_str_n((const char *)p, len);
+      p += len;
+    }
+    out[n++] = (mg_label_t){parts[0], parts[1]};
+  }
+  return n;
+}
+
+/* Decide a new series once: the hook (if any) picks destinations and may
+ * rewrite the labels. On return *labels and *n are the labels to send. */
+static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t *ps, const mg_label_t **labels,
+                  size_t *n, const char **reason) {
+  target_t *t = c->t;
+  mg_scrape_t *s = t->s;
+  mg_series_decision_t d = {s->all_dests, NULL, 0, NULL};
+  if (s->decide) {
+    mg_series_view_t v = {*labels, *n, t->labels, t->nlabels, t->job->name, ps->name, MG_MTYPE_UNKNOWN, {NULL, 0}};
+    /* The family's metadata, when the sample belongs to the family whose
+     * HELP/TYPE lines came last (histogram and summary suffixes included). */
+    if (c->meta_have && ps->name.n >= c->meta_family.n &&
+        memcmp(ps->name.p, c->meta_family.p, c->meta_family.n) == 0) {
+      v.type = c->meta_type;
+      v.help = c->meta_help;
+    }
+    s->decide(s->decide_ud, &v, &d);
+  }
+  *reason = d.reason;
+  uint16_t route;
+  int rc = route_for(s, d.dests, &route);
+  if (rc) {
+    snprintf(c->err, sizeof c->err, "too many distinct destination sets (%u)", MAX_ROUTES);
+    return rc;
+  }
+  if (d.labels) {
+    if (encode_labels(&s->extra, d.labels, d.nlabels) || mg_series_set_extra(&t->series, e, s->extra.data, s->extra.len)) {
+      snprintf(c->err, sizeof c->err, "out of memory storing rewritten labels");
+      return MG_ENOMEM;
+    }
+    route |= MG_SERIES_ROUTE_REWRITTEN;
+    *n = decode_labels(mg_series_extra(&t->series, e), s->decoded, MAX_SERIES_LABELS);
+    *labels = s->decoded;
+  }
+  e->route = (uint16_t)(route | MG_SERIES_ROUTE_PENDING);
+  return 0;
+}
+
+/* A synthetic series: name + target labels, to every destination (hooks and
+ * metric relabeling do not apply to them, as in Prometheus). */
 static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
   target_t *t = c->t;
   mg_label_t out[MAX_TARGET_LABELS * 2 + 1];
@@ -307,8 +440,7 @@ static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
   out[n++] = (mg_label_t){MG_STR_LIT("__name__"), mg_str(name)};
   for (size_t i = 0; i < t->nlabels; i++) out[n++] = t->labels[i];
   qsort(out, n, sizeof *out, label_cmp);
-  n = merge_missing(out, n, t->s->ext, t->s->next, sizeof out / sizeof *out);
-  return stage(c, mg_series_hash(name, strlen(name), 0), out, n, v, c->ts_ms);
+  return stage(c, mg_series_hash(name, strlen(name), 0), t->s->all_dests, out, n, v, c->ts_ms);
 }
 
 /* ---- parse callbacks ---------------------------------------------------- */
@@ -345,47 +477,68 @@ static int on_meta(void *ud, const mg_parse_meta_t *m) {
 static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   scrape_ctx_t *c = ud;
   target_t *t = c->t;
+  mg_scrape_t *s = t->s;
   const mg_conf_job_t *job = t->job;
   uint64_t h = mg_series_hash(ps->series.p, ps->series.n, 0);
-  mg_label_t labels[MAX_SERIES_LABELS];
+  mg_label_t built[MAX_SERIES_LABELS];
+  const mg_label_t *labels = built;
   if (c->stale_mode) {
-    int n = build_labels(c, ps, labels);
+    int n = build_labels(c, ps, built);
     if (n < 0) return 0; /* a key that no longer builds: nothing to mark */
-    /* The same series may be back under other raw bytes (labels in another
-     * order, an empty label added): then it is not stale, and a NaN at
-     * this timestamp would clash with its fresh sample. */
-    struct fresh key = {0, labels_hash(labels, (size_t)n)};
-    if (bsearch(&key, t->s->fresh, t->s->nfresh, sizeof key, fresh_cmp)) return 0;
-    return stage(c, h, labels, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM : 0;
+    struct fresh key = {0, labels_hash(built, (size_t)n)};
+    if (bsearch(&key, s->fresh, s->nfresh, sizeof key, fresh_cmp)) return 0;
+    return stage(c, h, route_mask(s, c->gone->route), built, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM
+                                                                                                     : 0;
   }
   c->samples++;
   if (job->sample_limit && c->samples > job->sample_limit) {
     snprintf(c->err, sizeof c->err, "sample_limit exceeded (%llu)", (unsigned long long)job->sample_limit);
     return MG_ETOOBIG;
   }
-  mg_series_table_t *tab = &t->series;
   bool is_new;
-  mg_series_entry_t *e = mg_series_upsert(tab, h, ps->series, &is_new);
+  mg_series_entry_t *e = mg_series_upsert(&t->series, h, ps->series, &is_new);
   if (!e) {
     snprintf(c->err, sizeof c->err, "out of memory in series table");
     return MG_ENOMEM;
   }
-  if (is_new) {
-    c->added++;
-    e->route = MG_SERIES_ROUTE_DEFAULT | MG_SERIES_ROUTE_PENDING;
-  } else if (e->epoch == tab->epoch) {
+  if (!is_new && e->epoch == t->series.epoch) {
     /* Same series twice in one body: Prometheus keeps the first. */
     c->duplicates++;
     return 0;
   }
-  e->epoch = tab->epoch;
-  if ((e->route & ~MG_SERIES_ROUTE_PENDING) == MG_SERIES_ROUTE_DROP) return 0;
-  int n = build_labels(c, ps, labels);
-  if (n < 0) return MG_EPARSE;
-  if (is_new && remember_fresh(c, h, labels, (size_t)n) != 0) return MG_ENOMEM;
+  e->epoch = t->series.epoch;
+  size_t n;
+  const char *reason = NULL;
+  if (is_new) {
+    c->added++;
+    int nb = build_labels(c, ps, built);
+    if (nb < 0) return MG_EPARSE;
+    n = (size_t)nb;
+    int rc = decide(c, e, ps, &labels, &n, &reason);
+    if (rc) return rc;
+    if (MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP && remember_fresh(c, h, labels, n) != 0)
+      return MG_ENOMEM;
+  } else if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP) {
+    if (s->trace) s->trace(s->trace_ud, NULL, 0, 0, "dropped (cached decision)", ps->value);
+    return 0;
+  } else if (e->route & MG_SERIES_ROUTE_REWRITTEN) {
+    n = decode_labels(mg_series_extra(&t->series, e), s->decoded, MAX_SERIES_LABELS);
+    labels = s->decoded;
+  } else {
+    int nb = build_labels(c, ps, built);
+    if (nb < 0) return MG_EPARSE;
+    n = (size_t)nb;
+  }
+  uint64_t dests = route_mask(s, e->route);
+  if (s->trace) {
+    mg_label_t full[MAX_SERIES_LABELS];
+    size_t nf = with_external(s, labels, n, full);
+    s->trace(s->trace_ud, full, nf, dests, dests ? NULL : (reason ? reason : "dropped"), ps->value);
+  }
+  if (!dests) return 0;
   c->post_relabel++;
   int64_t ts = (job->honor_timestamps && ps->has_timestamp) ? ps->timestamp_ms : c->ts_ms;
-  return stage(c, h, labels, (size_t)n, ps->value, ts);
+  return stage(c, h, dests, labels, n, ps->value, ts);
 }
 
 /* A series disappeared: parse its remembered key to get its labels back and
@@ -394,7 +547,16 @@ static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
   scrape_ctx_t *c = ud;
   /* Dropped series were never written; pending ones were first seen by a
    * scrape that failed, so they were never written either. */
-  if (e->route == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
+  if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
+  mg_scrape_t *s = c->t->s;
+  if (e->route & MG_SERIES_ROUTE_REWRITTEN) {
+    size_t n = decode_labels(mg_series_extra(&c->t->series, e), s->decoded, MAX_SERIES_LABELS);
+    struct fresh k = {0, labels_hash(s->decoded, n)};
+    if (!bsearch(&k, s->fresh, s->nfresh, sizeof k, fresh_cmp))
+      stage(c, e->hash, route_mask(s, e->route), s->decoded, n, mg_wire_stale_nan(), c->ts_ms);
+    return;
+  }
+  c->gone = e;
   mg_buf_t *line = &c->t->s->stale_line;
   mg_buf_reset(line);
   if (mg_buf_append(line, key.p, key.n) != 0 || mg_buf_append(line, " 0\n", 3) != 0) return;
@@ -727,6 +889,8 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   mg_buf_init(&s->staging, UINT32_MAX);
   mg_buf_init(&s->scratch, 0);
   mg_buf_init(&s->stale_line, 0);
+  mg_buf_init(&s->extra, 0);
+  s->all_dests = ndests >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ndests) - 1);
   for (size_t i = 0; i < conf->external_labels.n && s->next < MAX_TARGET_LABELS; i++)
     s->ext[s->next++] = (mg_label_t){mg_str(conf->external_labels.v[i].name), mg_str(conf->external_labels.v[i].value)};
   qsort(s->ext, s->next, sizeof *s->ext, label_cmp);
@@ -854,6 +1018,17 @@ uint64_t mg_scrape_active_series(const mg_scrape_t *s) {
   return n;
 }
 
+void mg_scrape_set_decider(mg_scrape_t *s, mg_series_decide_fn fn, void *ud) {
+  s->decide = fn;
+  s->decide_ud = ud;
+  for (size_t i = 0; i < s->ntargets; i++) mg_series_reset_routes(&s->targets[i]->series);
+}
+
+void mg_scrape_set_trace(mg_scrape_t *s, mg_scrape_trace_fn fn, void *ud) {
+  s->trace = fn;
+  s->trace_ud = ud;
+}
+
 int mg_scrape_ingest(mg_scrape_t *s, size_t target_index, const char *body, size_t len, const char *content_type,
                      int64_t ts_ms, char *errbuf, size_t errlen) {
   if (target_index >= s->ntargets) return MG_EINVAL;
@@ -874,6 +1049,8 @@ static void scrape_unref(mg_scrape_t *s) {
   mg_buf_cleanup(&s->stale_line);
   mg_free(s->entries);
   mg_free(s->fresh);
+  mg_free(s->route_masks);
+  mg_buf_cleanup(&s->extra);
   mg_free(s->targets);
   mg_free(s->jms);
   mg_free(s);

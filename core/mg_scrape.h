@@ -16,14 +16,17 @@
 #include "mg_conf.h"
 #include "mg_http_client.h"
 #include "mg_remote_write.h"
+#include "mg_series.h"
 
 typedef struct mg_scrape mg_scrape_t;
 
 /* Default body limit when a job sets none (after decompression). */
 #define MG_SCRAPE_DEFAULT_BODY_LIMIT (100u << 20)
 
-/* dests: every series goes to each of them (routing arrives with the Lua
- * hooks). conf, dests and http must outlive the engine. */
+/* dests: the plan's destinations, in the plan's order (at most 64); a
+ * series goes to all of them unless a decider says otherwise. dests may be
+ * NULL (dry run, `moongate test`): decisions are made, nothing is sent.
+ * conf, dests and http must outlive the engine. */
 mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, mg_dest_t **dests,
                            size_t ndests, int *err);
 /* Arm every target's timer. */
@@ -36,6 +39,19 @@ void mg_scrape_free(mg_scrape_t *s);
 
 /* Live numbers for /metrics and status. */
 uint64_t mg_scrape_active_series(const mg_scrape_t *s);
+
+/* Install the per-series decision hook (NULL: every series to every
+ * destination, labels unchanged). Cached decisions are forgotten, so every
+ * series is decided again on its next scrape (reload). */
+void mg_scrape_set_decider(mg_scrape_t *s, mg_series_decide_fn fn, void *ud);
+
+/* Called for every sample of every scrape with its final labels
+ * (external labels included) and destination mask, or with labels NULL /
+ * dests 0 and a reason when it is dropped. For `moongate test`; costs a
+ * label merge per sample, so not for production. */
+typedef void (*mg_scrape_trace_fn)(void *ud, const mg_label_t *labels, size_t n, uint64_t dests, const char *reason,
+                                   double value);
+void mg_scrape_set_trace(mg_scrape_t *s, mg_scrape_trace_fn fn, void *ud);
 
 /* Process one body as if scraped from the first target of the plan (used
  * by tests and `moongate test`): returns 0 or the error that would fail the

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "mg_buf.h"
+#include "mg_parse.h"
 #include "mg_str.h"
 
 /* 16 bytes per series; the table keeps its load under 3/4. A 64-bit hash
@@ -83,6 +84,40 @@ size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, voi
 
 /* Forget every cached decision (after a reload): routes go back to UNDECIDED. */
 void mg_series_reset_routes(mg_series_table_t *t);
+
+/* ---- decisions ------------------------------------------------------------
+ * What happens to a new series is decided once, by a hook (the Lua
+ * scripting layer fills it in; core modules never call Lua directly), and
+ * cached in the entry's route. */
+
+/* What the hook sees: the series' labels after metric relabeling (sorted,
+ * with __name__), the target's labels, and the family's metadata. */
+typedef struct mg_series_view {
+  const mg_label_t *labels;
+  size_t nlabels;
+  const mg_label_t *target_labels;
+  size_t ntarget_labels;
+  const char *job;
+  mg_str_t name;
+  mg_metric_kind_t type;
+  mg_str_t help; /* raw (escapes unresolved) */
+} mg_series_view_t;
+
+/* What the hook answers. dests: bit i = destination i of the plan (at
+ * most 64); 0 drops the series. labels (optional): a replacement label set,
+ * sorted by name, unique, non-empty values; borrowed until the next call
+ * of the hook. reason: why it was dropped (for `moongate test`), static. */
+typedef struct mg_series_decision {
+  uint64_t dests;
+  const mg_label_t *labels;
+  size_t nlabels;
+  const char *reason;
+} mg_series_decision_t;
+
+/* Returns 0, or a negative mg_err when the hook itself failed; the hook has
+ * then already applied its fallback to *out (and logged and counted the
+ * failure). Runs on the loop, once per new series. */
+typedef int (*mg_series_decide_fn)(void *ud, const mg_series_view_t *in, mg_series_decision_t *out);
 
 /* Heap bytes held, for self-metrics. */
 size_t mg_series_bytes(const mg_series_table_t *t);

@@ -566,6 +566,8 @@ local exported = {}
 for k in pairs(M) do exported[#exported + 1] = k end
 sort(exported)
 
+core.module(M)
+
 return setmetatable(M, {
   __index = function(_, k)
     local hint = ""
