@@ -136,13 +136,6 @@ static void emit_bytes(emit_t *e, const void *p, size_t n) {
 
 static void emit_str(emit_t *e, const char *s) { emit_bytes(e, s, strlen(s)); }
 
-/* Hashed as p, shown in debug as `shown`. */
-static void emit_hidden(emit_t *e, const char *p, size_t n, const char *shown) {
-  emit_flush(e);
-  if (e->rc) return;
-  if (EVP_DigestUpdate(e->md, p, n) != 1) e->rc = MG_ENOMEM;
-  else if (e->debug) e->rc = mg_buf_append_str(e->debug, shown);
-}
 
 static void emit_pct(emit_t *e, unsigned char c) {
   emit_byte(e, '%');
@@ -285,7 +278,7 @@ static int emit_canonical_query(emit_t *e, const char *query) {
 typedef struct hdr {
   const char *name, *value;
   size_t order; /* keeps repeated names in the order given (qsort is unstable) */
-  bool hidden;  /* the session token: hashed, not shown in debug */
+  bool hidden;  /* a session token, ours or the caller's: not shown in debug */
 } hdr_t;
 
 static int hdr_cmp(const void *a, const void *b) {
@@ -308,6 +301,17 @@ static void emit_trimmed(emit_t *e, const char *v) {
       emit_byte(e, *p++);
     }
   }
+}
+
+/* A session token: hashed like any value, shown in debug as a placeholder. */
+static void emit_hidden(emit_t *e, const char *v) {
+  emit_flush(e);
+  mg_buf_t *debug = e->debug;
+  e->debug = NULL;
+  emit_trimmed(e, v);
+  emit_flush(e);
+  e->debug = debug;
+  if (e->rc == 0 && debug) e->rc = mg_buf_append_str(debug, TOKEN_SHOWN);
 }
 
 /* ---- Authorization text ----------------------------------------------------- */
@@ -499,7 +503,7 @@ static int emit_canonical_request(emit_t *e, const mg_sigv4_request_t *req, cons
     size_t j = i;
     for (; j < nh && name_cmp(hs[i].name, hs[j].name) == 0; j++) {
       if (j > i) emit_byte(e, ',');
-      if (hs[j].hidden) emit_hidden(e, hs[j].value, strlen(hs[j].value), TOKEN_SHOWN);
+      if (hs[j].hidden) emit_hidden(e, hs[j].value);
       else emit_trimmed(e, hs[j].value);
     }
     emit_byte(e, '\n');
@@ -523,8 +527,10 @@ static int sign(mg_sigv4_key_cache_t *cache, const mg_sigv4_request_t *req,
   int rc = payload_hash(req, out->content_sha256);
   if (rc) return rc;
 
-  for (size_t i = 0; i < req->nheaders; i++)
-    hs[i] = (hdr_t){req->headers[i].name, req->headers[i].value, i, false};
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const mg_sigv4_header_t *h = &req->headers[i];
+    hs[i] = (hdr_t){h->name, h->value, i, name_cmp(h->name, "x-amz-security-token") == 0};
+  }
   size_t n = req->nheaders;
   hs[n] = (hdr_t){"x-amz-date", out->amz_date, n, false};
   n++;

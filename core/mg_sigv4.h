@@ -68,7 +68,7 @@ typedef struct mg_sigv4_result {
   /* Ready-made list to append to the request, in this order: Authorization,
    * X-Amz-Date, then X-Amz-Content-SHA256 (with the flag) and
    * X-Amz-Security-Token (with a session token). Values point into this
-   * struct or into creds->session_token. */
+   * struct (use it in place, don't copy it) or into creds->session_token. */
   mg_sigv4_header_t add[4];
   size_t nadd;
 } mg_sigv4_result_t;
@@ -98,8 +98,9 @@ void mg_sigv4_key_cache_cleanup(mg_sigv4_key_cache_t *c);
  * derived key is in the cache, if any; the secret is nowhere in *out). cache may be NULL
  * (derive the key every time). debug, if not NULL, receives the canonical
  * request, a blank line, then the string to sign, for diagnosing a 403;
- * the session token is shown as "<session token>" (the string to sign
- * still hashes the real canonical request); the secret never appears.
+ * any x-amz-security-token value is shown as "<session token>" (the string
+ * to sign still hashes the real canonical request); the secret never
+ * appears. It is appended to; on error it may hold part of the text.
  *
  * The canonical request follows the SigV4 rules for non-S3 services: the
  * path is normalised (empty and "." segments dropped, ".." pops, one

@@ -772,8 +772,15 @@ MG_TEST(invalid_input) {
   mg_sigv4_request_t r = base;
   r.headers = own;
   mg_sigv4_creds_t c = {"AK", "SK", NULL};
-  CHECK_INT(mg_sigv4_sign(NULL, &r, &c, 0, &res, NULL), 0);
+  mg_buf_t d;
+  mg_buf_init(&d, 0);
+  CHECK_INT(mg_sigv4_sign(NULL, &r, &c, 0, &res, &d), 0);
   CHECK_INT(res.nadd, 2);
+  CHECK(contains(res.authorization, strlen(res.authorization),
+                 "SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, "));
+  /* A caller's token header is redacted in the debug text too. */
+  CHECK(contains(d.data, d.len, "\nx-amz-security-token:<session token>\n"));
+  mg_buf_cleanup(&d);
 
   /* Limits: a 64-char region, 129-char key id, 257-byte secret. */
   char longs[300];
