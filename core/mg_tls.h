@@ -1,8 +1,7 @@
 /* mg_tls: OpenSSL behind a small seam. A context holds trust anchors and
- * certificates (read from files once); a session runs TLS over memory BIOs,
- * so the owner moves ciphertext to and from libuv itself. Client sessions
- * verify the peer by default (system store or a CA file, host name or IP).
- * No sockets, no loop; never logs. */
+ * certificates read once from files; a session runs TLS over memory BIOs and
+ * its owner moves the ciphertext. Clients verify the peer by default (system
+ * store or CA file; host name or IP). No sockets, no loop, never logs. */
 #ifndef MG_TLS_H
 #define MG_TLS_H
 
