@@ -23,6 +23,7 @@
 #include "mg_err.h"
 #include "mg_log.h"
 #include "mg_mem.h"
+#include "mg_str.h"
 #include "mg_metrics.h"
 
 #ifndef MG_LUA_INSTALL_DIR
@@ -61,8 +62,11 @@ struct mg_lua_vm {
 
   char err[512];  /* last error message */
   char tb[2048];  /* last traceback */
-  unsigned long long log_last_ms;
+  unsigned long long log_window_ms; /* start of the current one-second window */
+  unsigned log_in_window;
   uint64_t log_suppressed;
+  uint64_t seen[64]; /* hashes of errors already logged (ring) */
+  unsigned nseen;
 };
 
 /* Registry keys: addresses of these statics. The key_fn_* entries are C
@@ -815,13 +819,16 @@ int mg_lua_call(mg_lua_vm_t *vm, const char *what, int nargs, int nresults, cons
                                       "Errors and budget stops in script functions called by moongate, by reason.",
                                       "reason", reason_name(r), NULL);
   mg_metric_inc(m ? m : mg_metrics_dummy());
-  /* A broken hook fails once per new series: one line a second is enough
-   * to act on, and the counter has the rest. */
+  /* A broken hook fails once per new series: each distinct error is
+   * logged once (the counter has the repeats), and at most 10 distinct
+   * ones a second, for messages that embed changing values. */
+  uint64_t h = mg_hash64(vm->err, strlen(vm->err), mg_hash64(what ? what : "", what ? strlen(what) : 0, r));
+  for (unsigned i = 0; i < vm->nseen && i < 64; i++)
+    if (vm->seen[i] == h) return vm->log_suppressed++, MG_ELUA;
   unsigned long long now_ms = now_ns() / 1000000u;
-  if (!mg_log_ratelimit(&vm->log_last_ms, now_ms, 1000)) {
-    vm->log_suppressed++;
-    return MG_ELUA;
-  }
+  if (now_ms - vm->log_window_ms >= 1000) vm->log_window_ms = now_ms, vm->log_in_window = 0;
+  if (vm->log_in_window++ >= 10) return vm->log_suppressed++, MG_ELUA;
+  vm->seen[vm->nseen++ % 64] = h;
   char qs[300], qf[100], qe[600], qt[2300];
   const char *script = vm->script ? vm->script : "";
   MG_ERROR("lua", "lua_error", "script=%s function=%s reason=%s err=%s traceback=%s suppressed=%" PRIu64,
