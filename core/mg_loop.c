@@ -1,6 +1,7 @@
 /* mg_loop: the event loop's lifecycle and signal handling. */
 #include "mg_loop.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,6 +11,10 @@
 
 int mg_loop_init(mg_loop_t *l) {
   memset(l, 0, sizeof *l);
+  /* libuv writes with write(2): a peer that closes first would deliver
+   * SIGPIPE and kill the process. The write then fails with EPIPE, which
+   * the HTTP layer handles like any reset. */
+  signal(SIGPIPE, SIG_IGN);
   int rc = uv_loop_init(&l->uv);
   return rc ? mg_err_from_uv(rc) : 0;
 }
