@@ -1,7 +1,7 @@
 /* mg_sigv4: SigV4 header signing. The canonical request is streamed into
- * SHA-256 (and, only when asked, into the debug buffer) rather than built,
- * so signing allocates only for sorting. Derived keys and the "AWS4"+secret
- * buffer are wiped before return; nothing here logs or keeps the secret. */
+ * SHA-256 (and into the debug buffer when asked), never built; the heap is
+ * used only for a query and long header/segment lists. Derived keys and
+ * "AWS4"+secret are wiped before return; the secret is never kept or logged. */
 #include "mg_sigv4.h"
 
 #include <openssl/evp.h>
@@ -74,7 +74,9 @@ static int hexval(unsigned char c) {
   return -1;
 }
 
-static unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; }
+static unsigned char lower(unsigned char c) {
+  return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c;
+}
 
 static bool is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
@@ -97,7 +99,7 @@ static void to_hex(char *dst, const unsigned char *p, size_t n) {
 /* ---- the canonical-request stream ---------------------------------------- */
 
 /* Bytes are staged, then fed to SHA-256 and (when set) to debug. The first
- * error sticks and is returned by emit_finish. */
+ * error sticks in rc; emit_canonical_request returns it. */
 typedef struct emit {
   EVP_MD_CTX *md;
   mg_buf_t *debug;
@@ -135,7 +137,6 @@ static void emit_bytes(emit_t *e, const void *p, size_t n) {
 }
 
 static void emit_str(emit_t *e, const char *s) { emit_bytes(e, s, strlen(s)); }
-
 
 static void emit_pct(emit_t *e, unsigned char c) {
   emit_byte(e, '%');
@@ -461,7 +462,8 @@ static int check_request(const mg_sigv4_request_t *req, const mg_sigv4_creds_t *
   for (size_t i = 0; i < req->nheaders; i++) {
     const mg_sigv4_header_t *h = &req->headers[i];
     if (!is_token(h->name) || !h->value) return MG_EINVAL;
-    if (name_cmp(h->name, "authorization") == 0 || name_cmp(h->name, "x-amz-date") == 0) return MG_EINVAL;
+    if (name_cmp(h->name, "authorization") == 0 || name_cmp(h->name, "x-amz-date") == 0)
+      return MG_EINVAL;
     if (*has_token && name_cmp(h->name, "x-amz-security-token") == 0) return MG_EINVAL;
     if ((flags & MG_SIGV4_ADD_CONTENT_SHA256) && name_cmp(h->name, "x-amz-content-sha256") == 0)
       return MG_EINVAL;

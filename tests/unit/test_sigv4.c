@@ -1,8 +1,7 @@
-/* Unit tests for mg_sigv4: AWS's published test suite (read from
- * $MG_SHARED_DIR, never copied), the AWS documentation example, each piece
- * of the canonical request, the key cache, the 403 debug text, input
- * checks and allocation failures. The test "oracle" is the C half of
- * tests/integration/test_sigv4_botocore.py and does nothing on its own. */
+/* Unit tests for mg_sigv4: AWS's published suite (read from $MG_SHARED_DIR,
+ * never copied), the AWS documentation example, each canonical piece, the key
+ * cache, the 403 debug text, input checks, allocation failures. "oracle" is
+ * the C half of tests/integration/test_sigv4_botocore.py (idle on its own). */
 #include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -111,7 +110,8 @@ MG_TEST(aws_doc_example) {
             "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59");
   static const unsigned char kSigning[32] = {
       0xc4, 0xaf, 0xb1, 0xcc, 0x57, 0x71, 0xd8, 0x71, 0x76, 0x3a, 0x39, 0x3e, 0x44, 0xb7, 0x03, 0x57,
-      0x1b, 0x55, 0xcc, 0x28, 0x42, 0x4d, 0x1a, 0x5e, 0x86, 0xda, 0x6e, 0xd3, 0xc1, 0x54, 0xa4, 0xb9};
+      0x1b, 0x55, 0xcc, 0x28, 0x42, 0x4d, 0x1a, 0x5e, 0x86, 0xda, 0x6e, 0xd3, 0xc1, 0x54, 0xa4,
+      0xb9};
   CHECK(cache.valid);
   CHECK_MEM(cache.key, 32, kSigning, 32);
   CHECK_INT(res.nadd, 2);
@@ -287,7 +287,9 @@ static bool run_suite_case(const char *dir, const char *name, const char *ctx) {
   mg_buf_append_str(&want, sts);
   mg_free(creq_shown);
   want_debug = mg_buf_steal(&want, NULL);
-  if (strcmp(d.data, want_debug) != 0) MG_FAIL_("%s: canonical request / string to sign:\n%s\n--- want:\n%s", name, d.data, want_debug);
+  if (strcmp(d.data, want_debug) != 0)
+    MG_FAIL_("%s: canonical request / string to sign:\n%s\n--- want:\n%s", name, d.data,
+             want_debug);
   const char *sigp = strstr(res.authorization, "Signature=");
   CHECK(sigp && strncmp(sigp + 10, sig, 64) == 0 && strlen(sig) >= 64);
   /* Every X-Amz-* header and the Authorization in the suite's signed
@@ -304,7 +306,8 @@ static bool run_suite_case(const char *dir, const char *name, const char *ctx) {
         if (strlen(res.add[i].name) == nl && strncasecmp(res.add[i].name, line, nl) == 0) {
           found++;
           if (strlen(res.add[i].value) != vl || memcmp(res.add[i].value, val, vl) != 0)
-            MG_FAIL_("%s: %s: got %s, want %.*s", name, res.add[i].name, res.add[i].value, (int)vl, val);
+            MG_FAIL_("%s: %s: got %s, want %.*s", name, res.add[i].name, res.add[i].value,
+                     (int)vl, val);
         }
       }
       if ((nl == 13 && strncasecmp(line, "authorization", nl) == 0) ||
@@ -482,7 +485,8 @@ MG_TEST(canonical_headers) {
   REQUIRE(mg_sigv4_sign(NULL, &r, &c, 0, &res, &d) == 0);
   CHECK(contains(d.data, d.len,
                  "\n\na-fold:one two three\nhost:h\nmy-header:a b c,second\n"
-                 "x-amz-date:19700101T000000Z\nx-blank:\nx-empty:\nx-utf8:caf\xc3\xa9\nz:\"a b\"\n\n"
+                 "x-amz-date:19700101T000000Z\nx-blank:\nx-empty:\n"
+                 "x-utf8:caf\xc3\xa9\nz:\"a b\"\n\n"
                  "a-fold;host;my-header;x-amz-date;x-blank;x-empty;x-utf8;z\n" EMPTY_SHA256
                  "\n\n"));
   CHECK(contains(res.authorization, strlen(res.authorization),
@@ -645,8 +649,10 @@ MG_TEST(key_cache) {
      * changing it alone keeps the signature; anything else changes it. */
     const char *a = strstr(prev, "Signature="), *b = strstr(cached.authorization, "Signature=");
     bool same_sig = !a || !b || strcmp(a, b) == 0;
-    if (same_sig != (i == 1)) MG_FAIL_("%s: signature %s", changes[i].what, same_sig ? "unchanged" : "changed");
-    if (strcmp(prev, cached.authorization) == 0) MG_FAIL_("%s: same Authorization", changes[i].what);
+    if (same_sig != (i == 1))
+      MG_FAIL_("%s: signature %s", changes[i].what, same_sig ? "unchanged" : "changed");
+    if (strcmp(prev, cached.authorization) == 0)
+      MG_FAIL_("%s: same Authorization", changes[i].what);
     strcpy(prev, cached.authorization);
     REQUIRE(mg_sigv4_sign(&k, &r, &c, 0, &cached, NULL) == 0);
     CHECK_U64(k.hits, hits + 1);
@@ -684,7 +690,8 @@ MG_TEST(debug_text) {
   CHECK(!contains(d.data, d.len, "SECRET"));
   CHECK(contains(d.data, d.len, "\nx-amz-security-token:<session token>\n"));
   CHECK(contains(d.data, d.len, "POST\n/\nAction=AssumeRole\nhost:sts.amazonaws.com\n"));
-  CHECK(contains(d.data, d.len, "\n\nAWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/sts/aws4_request\n"));
+  CHECK(contains(d.data, d.len,
+                 "\n\nAWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/sts/aws4_request\n"));
   /* The string to sign's last line is the hash of the real canonical
    * request, so it differs from the hash of the text shown. */
   char last[80];
