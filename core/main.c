@@ -3,6 +3,7 @@
  * destinations, scrape engine) and their shutdown order; no logic of its
  * own beyond that. */
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,10 @@ static const char usage[] =
     "  --data-dir DIR       state directory (created if missing); default ./data\n"
     "  --log-level LEVEL    debug, info, warn or error; default info\n"
     "  --drain-timeout DUR  on SIGTERM, keep sending for at most DUR; default 10s\n"
-    "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n";
+    "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n"
+    "  --reload-token-file F  POST /-/reload then needs \"Authorization: Bearer <contents of F>\"\n"
+    "\n"
+    "SIGHUP or POST /-/reload loads FILE again; a broken file leaves the running one in place.\n";
 
 typedef struct app {
   mg_loop_t loop;
@@ -56,6 +60,10 @@ typedef struct app {
   mg_dest_t **dests;
   size_t ndests;
   mg_scrape_t *scrape;
+  const char *path, *listen;
+  int allow_unsafe;
+  char *reload_token; /* secret; NULL: /-/reload needs no token */
+  mg_metric_t *m_reload_ok, *m_reload_ts, *m_reloads_failed;
   int ready;
   int stopping;
   size_t draining;
@@ -77,16 +85,20 @@ static void print_conf_error(const mg_conf_error_t *e) {
 }
 
 /* Load FILE into a finished plan. For a Lua script that defines hooks,
- * *vm and *hooks stay alive for the caller (both NULL otherwise). */
-static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out, mg_lua_vm_t **vmp,
-                     mg_lua_hooks_t **hooksp) {
+ * *vm and *hooks stay alive for the caller (both NULL otherwise). Errors
+ * are described in *errp. */
+static int load_conf_quiet(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out,
+                           mg_lua_vm_t **vmp, mg_lua_hooks_t **hooksp, mg_conf_error_t *errp) {
   *vmp = NULL;
   *hooksp = NULL;
+  *out = NULL;
   mg_conf_error_t err;
   memset(&err, 0, sizeof err);
   int rc;
   if (access(path, R_OK) != 0) {
-    fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno));
+    snprintf(err.file, sizeof err.file, "%s", path);
+    snprintf(err.msg, sizeof err.msg, "cannot read: %s", strerror(errno));
+    *errp = err;
     return MG_EIO;
   }
   if (has_suffix(path, ".lua")) {
@@ -112,9 +124,18 @@ static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_
   } else if (has_suffix(path, ".yml") || has_suffix(path, ".yaml")) {
     rc = mg_promyml_load(path, out, &err);
   } else {
-    fprintf(stderr, "%s: unknown kind of file: name a Lua script *.lua or a Prometheus config *.yml/*.yaml\n", path);
-    return MG_EINVAL;
+    snprintf(err.file, sizeof err.file, "%s", path);
+    snprintf(err.msg, sizeof err.msg, "unknown kind of file: name a Lua script *.lua or a Prometheus config *.yml/*.yaml");
+    rc = MG_EINVAL;
   }
+  *errp = err;
+  return rc;
+}
+
+static int load_conf(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out, mg_lua_vm_t **vmp,
+                     mg_lua_hooks_t **hooksp) {
+  mg_conf_error_t err;
+  int rc = load_conf_quiet(path, listen, allow_unsafe, out, vmp, hooksp, &err);
   if (rc) print_conf_error(&err);
   return rc;
 }
@@ -191,12 +212,152 @@ static void on_stop(void *ud, int signum) {
   on_dest_drained(a);
 }
 
-static void on_reload(void *ud, int signum) {
-  (void)ud;
-  (void)signum;
-  MG_WARN("main", "reload_unsupported", "hint=\"this version applies a changed script only on restart\"");
+/* What a reload leaves behind until its old destinations have drained:
+ * they still point into the old plan. */
+typedef struct retired {
+  mg_conf_t *conf;
+  mg_lua_vm_t *vm;
+  mg_lua_hooks_t *hooks;
+  size_t draining;
+} retired_t;
+
+static void retired_release(void *ud) {
+  retired_t *r = ud;
+  if (r->draining && --r->draining) return;
+  mg_lua_hooks_free(r->hooks);
+  mg_lua_vm_free(r->vm);
+  mg_conf_free(r->conf);
+  mg_free(r);
 }
 
+typedef struct retire_dest {
+  mg_dest_t *d;
+  retired_t *r;
+} retire_dest_t;
+
+static void on_retired_dest_drained(void *ud) {
+  retire_dest_t *x = ud;
+  mg_dest_free(x->d);
+  retired_release(x->r);
+  mg_free(x);
+}
+
+/* Load the script again in a fresh VM; swap only if it loads and checks.
+ * Destinations whose settings did not change keep their queues; targets
+ * that stay keep their series (decisions are made again); targets that
+ * went away get staleness markers. */
+static int reload(app_t *a, char *msg, size_t msglen) {
+  if (a->stopping) return snprintf(msg, msglen, "shutting down"), MG_ECANCELED;
+  mg_conf_t *conf = NULL;
+  mg_lua_vm_t *vm = NULL;
+  mg_lua_hooks_t *hooks = NULL;
+  mg_conf_error_t err;
+  int rc = load_conf_quiet(a->path, a->listen, a->allow_unsafe, &conf, &vm, &hooks, &err);
+  if (rc) {
+    if (err.line) snprintf(msg, msglen, "%s:%u: %s", err.file, err.line, err.msg);
+    else snprintf(msg, msglen, "%s: %s", err.file[0] ? err.file : a->path, err.msg);
+    char q[1100];
+    MG_ERROR("main", "reload_failed", "error=%s hint=\"the previous configuration keeps running\"",
+             mg_log_q(q, sizeof q, msg, strlen(msg)));
+    mg_metric_set(a->m_reload_ok, 0);
+    mg_metric_inc(a->m_reloads_failed);
+    return rc;
+  }
+  mg_dest_t **dests = mg_calloc(conf->ndests ? conf->ndests : 1, sizeof *dests);
+  retired_t *r = mg_calloc(1, sizeof *r);
+  bool *kept = mg_calloc(a->ndests ? a->ndests : 1, sizeof *kept);
+  rc = (dests && r && kept) ? 0 : MG_ENOMEM;
+  for (size_t i = 0; !rc && i < conf->ndests; i++) {
+    for (size_t k = 0; k < a->ndests && !dests[i]; k++)
+      if (!kept[k] && mg_conf_dest_equal(a->conf->dests[k], conf->dests[i])) {
+        dests[i] = a->dests[k];
+        kept[k] = true;
+      }
+    if (!dests[i] && !(dests[i] = mg_dest_new(&a->loop.uv, a->http, conf->dests[i], &rc)))
+      snprintf(msg, msglen, "destination %s: %s", conf->dests[i]->name, mg_err_str(rc));
+  }
+  mg_scrape_t *scrape = rc ? NULL : mg_scrape_new(&a->loop.uv, a->http, conf, dests, conf->ndests, &rc);
+  if (!scrape) {
+    /* Undo: new destinations go, kept ones stay with the old plan. */
+    for (size_t i = 0; dests && i < conf->ndests; i++) {
+      bool reused = false;
+      for (size_t k = 0; k < a->ndests; k++) reused |= dests[i] == a->dests[k];
+      if (dests[i] && !reused) mg_dest_free(dests[i]);
+    }
+    if (!msg[0]) snprintf(msg, msglen, "%s", mg_err_str(rc));
+    MG_ERROR("main", "reload_failed", "error=\"%s\"", mg_err_str(rc));
+    mg_free(dests);
+    mg_free(r);
+    mg_free(kept);
+    mg_lua_hooks_free(hooks);
+    mg_lua_vm_free(vm);
+    mg_conf_free(conf);
+    mg_metric_set(a->m_reload_ok, 0);
+    mg_metric_inc(a->m_reloads_failed);
+    return rc ? rc : MG_ENOMEM;
+  }
+  if (hooks) mg_scrape_set_decider(scrape, mg_lua_hooks_decide, hooks);
+  /* Kept destinations now read the new plan's (identical) settings. */
+  for (size_t i = 0; i < conf->ndests; i++)
+    for (size_t k = 0; k < a->ndests; k++)
+      if (dests[i] == a->dests[k]) mg_dest_rebind(dests[i], conf->dests[i]);
+  mg_scrape_adopt(scrape, a->scrape);
+  mg_scrape_free(a->scrape);
+  a->scrape = scrape;
+  r->conf = a->conf;
+  r->vm = a->vm;
+  r->hooks = a->hooks;
+  r->draining = 1;
+  for (size_t k = 0; k < a->ndests; k++) {
+    retire_dest_t *x = kept[k] ? NULL : mg_malloc(sizeof *x);
+    if (!x) continue;
+    x->d = a->dests[k];
+    x->r = r;
+    r->draining++;
+    mg_dest_drain(x->d, a->drain_ms, on_retired_dest_drained, x);
+  }
+  retired_release(r);
+  mg_free(kept);
+  mg_free(a->dests);
+  a->dests = dests;
+  a->ndests = conf->ndests;
+  a->conf = conf;
+  a->vm = vm;
+  a->hooks = hooks;
+  mg_scrape_start(scrape);
+  mg_metric_set(a->m_reload_ok, 1);
+  mg_metric_set(a->m_reload_ts, (double)mg_wall_ms() / 1000.0);
+  MG_INFO("main", "reloaded", "config=%s jobs=%zu destinations=%zu", a->path, conf->njobs, conf->ndests);
+  snprintf(msg, msglen, "reloaded");
+  return 0;
+}
+
+static void on_reload(void *ud, int signum) {
+  (void)signum;
+  char msg[1024] = "";
+  reload(ud, msg, sizeof msg);
+}
+
+static void h_reload(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
+  app_t *a = ud;
+  if (a->reload_token) {
+    const char *auth = mg_http_sreq_header(req, "authorization");
+    size_t tl = strlen(a->reload_token);
+    bool ok = auth && strncmp(auth, "Bearer ", 7) == 0 && strlen(auth + 7) == tl &&
+              CRYPTO_memcmp(auth + 7, a->reload_token, tl) == 0;
+    if (!ok) {
+      resp->status = 401;
+      mg_http_sresp_header(resp, "WWW-Authenticate", "Bearer");
+      mg_buf_append_str(&resp->body, "reload needs the bearer token given by --reload-token-file\n");
+      return;
+    }
+  }
+  char msg[1024] = "";
+  int rc = reload(a, msg, sizeof msg);
+  resp->status = rc == 0 ? 200 : (rc == MG_ECANCELED ? 503 : 500);
+  mg_buf_append_str(&resp->body, msg);
+  mg_buf_append_byte(&resp->body, '\n');
+}
 /* ---- commands ---------------------------------------------------------------- */
 
 typedef struct test_out {
@@ -361,10 +522,27 @@ static int ensure_dir(const char *dir) {
   return 0;
 }
 
-static int cmd_run(const char *path, const char *listen, const char *data_dir, uint64_t drain_ms, int allow_unsafe) {
+static int cmd_run(const char *path, const char *listen, const char *data_dir, uint64_t drain_ms, int allow_unsafe,
+                   const char *reload_token_file) {
   app_t a;
   memset(&a, 0, sizeof a);
   a.drain_ms = drain_ms;
+  a.path = path;
+  a.listen = listen;
+  a.allow_unsafe = allow_unsafe;
+  if (reload_token_file) {
+    mg_buf_t tok;
+    mg_buf_init(&tok, 4096);
+    int trc = read_file(reload_token_file, &tok);
+    while (tok.len && (tok.data[tok.len - 1] == '\n' || tok.data[tok.len - 1] == '\r')) tok.len--;
+    if (trc || !tok.len) {
+      fprintf(stderr, "--reload-token-file %s: %s\n", reload_token_file, trc ? "cannot read" : "empty");
+      mg_buf_cleanup_secret(&tok);
+      return 1;
+    }
+    a.reload_token = mg_strndup(tok.data, tok.len);
+    mg_buf_cleanup_secret(&tok);
+  }
   if (load_conf(path, listen, allow_unsafe, &a.conf, &a.vm, &a.hooks) != 0) return 1;
   if (ensure_dir(data_dir) != 0) {
     mg_conf_free(a.conf);
@@ -394,6 +572,18 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
   mg_http_server_route(a.server, "GET", "/metrics", h_metrics, &a);
   mg_http_server_route(a.server, NULL, "/-/healthy", h_healthy, &a);
   mg_http_server_route(a.server, NULL, "/-/ready", h_ready, &a);
+  /* POST (and PUT, as Prometheus accepts) only: a GET from a browser or a
+   * crawler must not reload. */
+  mg_http_server_route(a.server, "POST", "/-/reload", h_reload, &a);
+  a.m_reload_ok = mg_metrics_gauge("moongate_config_last_reload_successful",
+                                   "1 if the last configuration (re)load succeeded.", NULL);
+  a.m_reload_ts = mg_metrics_gauge("moongate_config_last_reload_success_timestamp_seconds",
+                                   "Time of the last successful configuration (re)load.", NULL);
+  a.m_reloads_failed = mg_metrics_counter("moongate_config_reloads_failed_total",
+                                          "Reloads refused because the new configuration did not load.", NULL);
+  if (!a.m_reload_ok || !a.m_reload_ts || !a.m_reloads_failed) goto out;
+  mg_metric_set(a.m_reload_ok, 1);
+  mg_metric_set(a.m_reload_ts, (double)mg_wall_ms() / 1000.0);
 
   a.http = mg_http_client_new(&a.loop.uv, NULL);
   a.dests = mg_calloc(a.conf->ndests ? a.conf->ndests : 1, sizeof *a.dests);
@@ -434,6 +624,7 @@ out:
   mg_lua_hooks_free(a.hooks);
   mg_lua_vm_free(a.vm);
   mg_conf_free(a.conf);
+  mg_mem_free_secret(a.reload_token);
   mg_metrics_reset();
   return exit_code;
 }
@@ -455,7 +646,7 @@ int main(int argc, char **argv) {
   const char *file = NULL, *listen = DEFAULT_LISTEN, *data_dir = "data";
   uint64_t drain_ms = DEFAULT_DRAIN_MS;
   int allow_unsafe = 0;
-  const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4";
+  const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4", *reload_token_file = NULL;
   char *tlabels[64];
   size_t ntlabels = 0;
   for (int i = 2; i < argc; i++) {
@@ -487,6 +678,8 @@ int main(int argc, char **argv) {
         return 2;
       }
       tlabels[ntlabels++] = argv[++i];
+    } else if (!strcmp(arg, "--reload-token-file") && val) {
+      reload_token_file = val, i++;
     } else if (!strcmp(arg, "--allow-unsafe-lua")) {
       allow_unsafe = 1;
     } else if (arg[0] == '-') {
@@ -511,7 +704,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "moongate %s: name a script or prometheus.yml\n\n%s", cmd, usage);
       return 2;
     }
-    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms, allow_unsafe) : cmd_check(file, allow_unsafe);
+    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms, allow_unsafe, reload_token_file) : cmd_check(file, allow_unsafe);
   }
   fprintf(stderr, "unknown command %s\n\n%s", cmd, usage);
   return 2;

@@ -1078,3 +1078,66 @@ void mg_conf_print(const mg_conf_t *c, FILE *out) {
             mg_conf_format_duration(d->metadata_send_interval_ms, a, sizeof(a)));
   }
 }
+
+/* ---- equality (reload keeps a destination whose settings did not change) */
+
+static bool str_same(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
+
+static bool kvs_same(const mg_kvs_t *a, const mg_kvs_t *b) {
+  if (a->n != b->n) return false;
+  for (size_t i = 0; i < a->n; i++)
+    if (!str_same(a->v[i].name, b->v[i].name) || !str_same(a->v[i].value, b->v[i].value)) return false;
+  return true;
+}
+
+static bool auth_same(const mg_conf_auth_t *a, const mg_conf_auth_t *b) {
+  return str_same(a->basic_username, b->basic_username) && str_same(a->basic_password, b->basic_password) &&
+         str_same(a->basic_password_file, b->basic_password_file) && str_same(a->auth_type, b->auth_type) &&
+         str_same(a->credentials, b->credentials) && str_same(a->credentials_file, b->credentials_file);
+}
+
+static bool tls_same(const mg_conf_tls_t *a, const mg_conf_tls_t *b) {
+  return str_same(a->ca_file, b->ca_file) && str_same(a->cert_file, b->cert_file) &&
+         str_same(a->key_file, b->key_file) && str_same(a->server_name, b->server_name) &&
+         a->insecure_skip_verify == b->insecure_skip_verify;
+}
+
+static bool creds_same(const mg_conf_creds_t *a, const mg_conf_creds_t *b) {
+  if (!a || !b) return a == b;
+  return a->kind == b->kind && str_same(a->access_key_id, b->access_key_id) &&
+         str_same(a->secret_access_key, b->secret_access_key) && str_same(a->session_token, b->session_token) &&
+         str_same(a->profile, b->profile) && str_same(a->credentials_file, b->credentials_file) &&
+         str_same(a->config_file, b->config_file) && str_same(a->role_arn, b->role_arn) &&
+         str_same(a->external_id, b->external_id) && str_same(a->role_session_name, b->role_session_name) &&
+         a->duration_s == b->duration_s && str_same(a->sts_region, b->sts_region) &&
+         str_same(a->sts_endpoint, b->sts_endpoint) && str_same(a->web_identity_token_file, b->web_identity_token_file) &&
+         str_same(a->process, b->process) && creds_same(a->source, b->source);
+}
+
+static bool relabels_same(const mg_conf_relabels_t *a, const mg_conf_relabels_t *b) {
+  if (a->n != b->n) return false;
+  for (size_t i = 0; i < a->n; i++) {
+    const mg_conf_relabel_t *x = a->v[i], *y = b->v[i];
+    if (x->nsource_labels != y->nsource_labels || x->modulus != y->modulus || !str_same(x->separator, y->separator) ||
+        !str_same(x->regex, y->regex) || !str_same(x->target_label, y->target_label) ||
+        !str_same(x->replacement, y->replacement) || !str_same(x->action, y->action))
+      return false;
+    for (size_t k = 0; k < x->nsource_labels; k++)
+      if (!str_same(x->source_labels[k], y->source_labels[k])) return false;
+  }
+  return true;
+}
+
+bool mg_conf_dest_equal(const mg_conf_dest_t *a, const mg_conf_dest_t *b) {
+  const mg_conf_queue_t *q = &a->queue, *r = &b->queue;
+  return str_same(a->name, b->name) && a->kind == b->kind && str_same(a->url, b->url) && str_same(a->path, b->path) &&
+         kvs_same(&a->headers, &b->headers) && auth_same(&a->auth, &b->auth) && tls_same(&a->tls, &b->tls) &&
+         a->remote_timeout_ms == b->remote_timeout_ms && q->capacity == r->capacity &&
+         q->max_shards == r->max_shards && q->min_shards == r->min_shards &&
+         q->max_samples_per_send == r->max_samples_per_send && q->batch_send_deadline_ms == r->batch_send_deadline_ms &&
+         q->min_backoff_ms == r->min_backoff_ms && q->max_backoff_ms == r->max_backoff_ms &&
+         q->retry_on_http_429 == r->retry_on_http_429 && a->sigv4.enabled == b->sigv4.enabled &&
+         str_same(a->sigv4.region, b->sigv4.region) && str_same(a->sigv4.service, b->sigv4.service) &&
+         creds_same(&a->sigv4.creds, &b->sigv4.creds) && relabels_same(&a->write_relabel_configs, &b->write_relabel_configs) &&
+         a->send_metadata == b->send_metadata && a->metadata_send_interval_ms == b->metadata_send_interval_ms;
+}

@@ -231,6 +231,10 @@ int mg_conf_finish_at(mg_conf_t *c, mg_conf_error_t *err, mg_conf_at_t *at, size
 #define MG_CONF_MAX_LABELS 256 /* external, per target, params, headers */
 #define MG_CONF_MAX_NAME 256   /* job and destination names, bytes */
 
+/* Two destinations with identical settings (a reload keeps the running
+ * one, with its queue). */
+bool mg_conf_dest_equal(const mg_conf_dest_t *a, const mg_conf_dest_t *b);
+
 /* Print the plan for `moongate check` (secrets shown as <secret>). */
 void mg_conf_print(const mg_conf_t *c, FILE *out);
 

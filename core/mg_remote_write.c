@@ -178,6 +178,8 @@ fail:
 
 const char *mg_dest_name(const mg_dest_t *d) { return d->conf->name; }
 
+void mg_dest_rebind(mg_dest_t *d, const mg_conf_dest_t *conf) { d->conf = conf; }
+
 static void set_pending(mg_dest_t *d, int64_t delta) {
   d->pending_samples = (uint64_t)((int64_t)d->pending_samples + delta);
   mg_metric_set(d->m_pending, (double)d->pending_samples);

@@ -20,6 +20,10 @@ typedef struct mg_dest mg_dest_t;
 /* conf is borrowed for the lifetime of the destination. */
 mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err);
 const char *mg_dest_name(const mg_dest_t *d);
+/* After a reload: point the destination at the new plan's copy of its
+ * settings, which mg_conf_dest_equal found identical (the old plan is
+ * about to be freed). Queue and connections stay. */
+void mg_dest_rebind(mg_dest_t *d, const mg_conf_dest_t *conf);
 
 /* Hot path: append one encoded WriteRequest `timeseries` entry holding
  * nsamples samples (from mg_wire_append_series) to the shard chosen by

@@ -395,8 +395,8 @@ static size_t decode_labels(mg_str_t in, mg_label_t *out, size_t cap) {
 
 /* Decide a new series once: the hook (if any) picks destinations and may
  * rewrite the labels. On return *labels and *n are the labels to send. */
-static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t *ps, const mg_label_t **labels,
-                  size_t *n, const char **reason) {
+static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t *ps, bool is_new,
+                  const mg_label_t **labels, size_t *n, const char **reason) {
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
   mg_series_decision_t d = {s->all_dests, NULL, 0, NULL};
@@ -427,7 +427,7 @@ static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t
     *n = decode_labels(mg_series_extra(&t->series, e), s->decoded, MAX_SERIES_LABELS);
     *labels = s->decoded;
   }
-  e->route = (uint16_t)(route | MG_SERIES_ROUTE_PENDING);
+  e->route = (uint16_t)(route | (is_new ? MG_SERIES_ROUTE_PENDING : 0));
   return 0;
 }
 
@@ -509,14 +509,15 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   e->epoch = t->series.epoch;
   size_t n;
   const char *reason = NULL;
-  if (is_new) {
-    c->added++;
+  if (is_new) c->added++;
+  if (is_new || MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_UNDECIDED) {
+    /* New, or known but its decision was forgotten by a reload. */
     int nb = build_labels(c, ps, built);
     if (nb < 0) return MG_EPARSE;
     n = (size_t)nb;
-    int rc = decide(c, e, ps, &labels, &n, &reason);
+    int rc = decide(c, e, ps, is_new, &labels, &n, &reason);
     if (rc) return rc;
-    if (MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP && remember_fresh(c, h, labels, n) != 0)
+    if (is_new && MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP && remember_fresh(c, h, labels, n) != 0)
       return MG_ENOMEM;
   } else if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP) {
     if (s->trace) s->trace(s->trace_ud, NULL, 0, 0, "dropped (cached decision)", ps->value);
@@ -1027,6 +1028,68 @@ void mg_scrape_set_decider(mg_scrape_t *s, mg_series_decide_fn fn, void *ud) {
 void mg_scrape_set_trace(mg_scrape_t *s, mg_scrape_trace_fn fn, void *ud) {
   s->trace = fn;
   s->trace_ud = ud;
+}
+
+static bool same_target(const target_t *a, const target_t *b) {
+  if (strcmp(a->job->name, b->job->name) != 0 || strcmp(a->url, b->url) != 0 || a->nlabels != b->nlabels) return false;
+  for (size_t i = 0; i < a->nlabels; i++)
+    if (!mg_str_eq(a->labels[i].name, b->labels[i].name) || !mg_str_eq(a->labels[i].value, b->labels[i].value))
+      return false;
+  return true;
+}
+
+/* Write staleness markers for every series of a target that goes away,
+ * its synthetic series included (Prometheus does the same when a target
+ * disappears from service discovery or the configuration). */
+static void retire_target(target_t *t) {
+  mg_scrape_t *s = t->s;
+  scrape_ctx_t c;
+  memset(&c, 0, sizeof c);
+  c.t = t;
+  c.ts_ms = mg_wall_ms();
+  stage_reset(s);
+  s->nfresh = 0;
+  mg_series_sweep(&t->series, true, on_series_gone, &c);
+  if (t->up != -1) {
+    static const char *const synthetic[] = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
+                                            "scrape_samples_post_metric_relabeling", "scrape_series_added"};
+    for (size_t i = 0; i < sizeof synthetic / sizeof *synthetic; i++)
+      stage_synthetic(&c, synthetic[i], mg_wire_stale_nan());
+  }
+  stage_commit(s);
+}
+
+void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old) {
+  mg_scrape_stop(old);
+  /* Pair targets by identity: sort pointers of the old ones by a hash of
+   * job, URL and labels. */
+  for (size_t i = 0; i < old->ntargets; i++) old->targets[i]->index = SIZE_MAX;
+  for (size_t i = 0; i < s->ntargets; i++) {
+    target_t *t = s->targets[i];
+    for (size_t k = 0; k < old->ntargets; k++) {
+      target_t *o = old->targets[k];
+      if (o->index != SIZE_MAX || !same_target(t, o)) continue;
+      o->index = i; /* adopted */
+      mg_series_table_t tmp = t->series;
+      t->series = o->series;
+      o->series = tmp;
+      mg_series_reset_routes(&t->series);
+      mg_buf_t m = t->meta;
+      t->meta = o->meta;
+      o->meta = m;
+      t->up = o->up;
+      if (t->up == 1) mg_metric_add(t->jm->up, 1);
+      if (t->up == 0) mg_metric_add(t->jm->down, 1);
+      break;
+    }
+  }
+  for (size_t k = 0; k < old->ntargets; k++) {
+    target_t *o = old->targets[k];
+    if (o->up == 1) mg_metric_add(o->jm->up, -1);
+    if (o->up == 0) mg_metric_add(o->jm->down, -1);
+    if (o->index == SIZE_MAX) retire_target(o);
+    o->up = -1;
+  }
 }
 
 int mg_scrape_ingest(mg_scrape_t *s, size_t target_index, const char *body, size_t len, const char *content_type,

@@ -40,6 +40,14 @@ void mg_scrape_free(mg_scrape_t *s);
 /* Live numbers for /metrics and status. */
 uint64_t mg_scrape_active_series(const mg_scrape_t *s);
 
+/* Reload: stop `old` and take over the series tables of its targets that
+ * are also in s (same job, URL and labels), so staleness tracking carries
+ * on; their cached decisions are forgotten (decided again under the new
+ * rules). Targets of `old` that are gone get staleness markers for all
+ * their series, sent through old's destinations (which must still be
+ * alive). Then free `old` with mg_scrape_free. */
+void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old);
+
 /* Install the per-series decision hook (NULL: every series to every
  * destination, labels unchanged). Cached decisions are forgotten, so every
  * series is decided again on its next scrape (reload). */
