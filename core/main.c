@@ -23,6 +23,7 @@
 #include "mg_mem.h"
 #include "mg_metrics.h"
 #include "mg_promyml.h"
+#include "mg_relabel.h"
 #include "mg_remote_write.h"
 #include "mg_scrape.h"
 
@@ -84,6 +85,37 @@ static void print_conf_error(const mg_conf_error_t *e) {
   else fprintf(stderr, "%s\n", e->msg);
 }
 
+/* Relabel rules are compiled by the engine; compile them here too so that
+ * `check` and a reload refuse a bad rule before anything starts. */
+static int check_rules(const mg_conf_t *c, const mg_conf_relabels_t *rs, const char *owner, const char *field,
+                       mg_conf_error_t *err) {
+  if (!rs->n) return 0;
+  mg_relabel_t *r = NULL;
+  char why[400];
+  int rc = mg_relabel_compile(rs, &r, why, sizeof why);
+  mg_relabel_free(r);
+  if (!rc) return 0;
+  memset(err, 0, sizeof *err);
+  snprintf(err->file, sizeof err->file, "%s", c->path ? c->path : "");
+  snprintf(err->msg, sizeof err->msg, "%s: %s: %s", owner, field, why);
+  return rc;
+}
+
+static int check_all_rules(const mg_conf_t *c, mg_conf_error_t *err) {
+  int rc = 0;
+  char owner[300];
+  for (size_t i = 0; !rc && i < c->njobs; i++) {
+    snprintf(owner, sizeof owner, "job \"%s\"", c->jobs[i]->name);
+    rc = check_rules(c, &c->jobs[i]->relabel_configs, owner, "relabel_configs", err);
+    if (!rc) rc = check_rules(c, &c->jobs[i]->metric_relabel_configs, owner, "metric_relabel_configs", err);
+  }
+  for (size_t i = 0; !rc && i < c->ndests; i++) {
+    snprintf(owner, sizeof owner, "destination \"%s\"", c->dests[i]->name);
+    rc = check_rules(c, &c->dests[i]->write_relabel_configs, owner, "write_relabel_configs", err);
+  }
+  return rc;
+}
+
 /* Load FILE into a finished plan. For a Lua script that defines hooks,
  * *vm and *hooks stay alive for the caller (both NULL otherwise). Errors
  * are described in *errp. */
@@ -127,6 +159,14 @@ static int load_conf_quiet(const char *path, const char *listen, int allow_unsaf
     snprintf(err.file, sizeof err.file, "%s", path);
     snprintf(err.msg, sizeof err.msg, "unknown kind of file: name a Lua script *.lua or a Prometheus config *.yml/*.yaml");
     rc = MG_EINVAL;
+  }
+  if (rc == 0 && (rc = check_all_rules(*out, &err)) != 0) {
+    mg_lua_hooks_free(*hooksp);
+    *hooksp = NULL;
+    mg_lua_vm_free(*vmp);
+    *vmp = NULL;
+    mg_conf_free(*out);
+    *out = NULL;
   }
   *errp = err;
   return rc;
@@ -422,6 +462,9 @@ static int cmd_test(const char *path, const char *input, const char *job_name, c
   uv_loop_t loop;
   uv_loop_init(&loop);
   mg_scrape_t *scrape = NULL;
+  size_t *saved = NULL;
+  mg_conf_target_t **saved_targets = NULL;
+  mg_conf_job_t *src = NULL;
   test_out_t out = {0};
   mg_buf_init(&out.line, 0);
   if (load_conf(path, DEFAULT_LISTEN, allow_unsafe, &conf, &vm, &hooks) != 0) goto done;
@@ -429,7 +472,6 @@ static int cmd_test(const char *path, const char *input, const char *job_name, c
     fprintf(stderr, "--input %s: cannot read: %s\n", input, strerror(errno));
     goto done;
   }
-  const mg_conf_job_t *src = NULL;
   for (size_t i = 0; i < conf->njobs; i++)
     if (!job_name || strcmp(conf->jobs[i]->name, job_name) == 0) {
       src = conf->jobs[i];
@@ -439,15 +481,21 @@ static int cmd_test(const char *path, const char *input, const char *job_name, c
     fprintf(stderr, "--job %s: the script declares no such job\n", job_name);
     goto done;
   }
-  mini = mg_conf_new(path, conf->source);
-  mg_conf_job_t *j = mini ? mg_conf_add_job(mini, src ? src->name : "test") : NULL;
+  if (!src) {
+    fprintf(stderr, "%s: declares no scrape job to test with\n", path);
+    goto done;
+  }
+  /* One target of the job, made from the options: the job's rules
+   * (target and metric relabeling, limits) and the plan's destinations
+   * apply exactly as in `run`. The plan is borrowed for the dry run: every
+   * job's target list is swapped for this one target, then restored. */
   const char *addr = "test:0";
   for (size_t i = 0; i < ntlabels; i++)
     if (strncmp(tlabels[i], "instance=", 9) == 0) addr = tlabels[i] + 9;
-  mg_conf_target_t *t = j ? mg_conf_job_add_target(j, addr) : NULL;
+  mini = mg_conf_new(path, conf->source);
+  mg_conf_job_t *holder = mini ? mg_conf_add_job(mini, src->name) : NULL;
+  mg_conf_target_t *t = holder ? mg_conf_job_add_target(holder, addr) : NULL;
   if (!t) goto done;
-  for (size_t i = 0; i < conf->external_labels.n; i++)
-    mg_kvs_add(&mini->external_labels, conf->external_labels.v[i].name, conf->external_labels.v[i].value);
   for (size_t i = 0; i < ntlabels; i++) {
     char *eq = strchr(tlabels[i], '=');
     if (!eq) {
@@ -458,20 +506,21 @@ static int cmd_test(const char *path, const char *input, const char *job_name, c
     if (strcmp(tlabels[i], "instance") != 0) mg_kvs_set(&t->labels, tlabels[i], eq + 1);
     *eq = '=';
   }
-  if (src) {
-    j->honor_labels = src->honor_labels;
-    j->honor_timestamps = src->honor_timestamps;
-    j->sample_limit = src->sample_limit;
-    j->label_limit = src->label_limit;
-    j->label_name_length_limit = src->label_name_length_limit;
-    j->label_value_length_limit = src->label_value_length_limit;
-  } else {
-    j->honor_timestamps = true;
+  saved = mg_calloc(conf->njobs, sizeof *saved);
+  if (!saved) goto done;
+  for (size_t i = 0; i < conf->njobs; i++) {
+    saved[i] = conf->jobs[i]->ntargets;
+    conf->jobs[i]->ntargets = 0;
   }
-  mg_conf_set_str(&j->scheme, "http");
-  mg_conf_set_str(&j->metrics_path, "/metrics");
-  scrape = mg_scrape_new(&loop, NULL, mini, NULL, conf->ndests, &rc);
+  saved_targets = src->targets;
+  src->targets = holder->targets;
+  src->ntargets = 1;
+  scrape = mg_scrape_new(&loop, NULL, conf, NULL, conf->ndests, &rc);
   if (!scrape) goto done;
+  if (mg_scrape_ntargets(scrape) == 0) {
+    fprintf(stderr, "the target %s is dropped by job %s's relabel_configs\n", addr, src->name);
+    goto done;
+  }
   out.conf = conf;
   if (hooks) mg_scrape_set_decider(scrape, mg_lua_hooks_decide, hooks);
   mg_scrape_set_trace(scrape, test_trace, &out);
@@ -485,6 +534,11 @@ static int cmd_test(const char *path, const char *input, const char *job_name, c
 done:
   mg_scrape_free(scrape);
   uv_run(&loop, UV_RUN_DEFAULT);
+  if (saved) {
+    for (size_t i = 0; i < conf->njobs; i++) conf->jobs[i]->ntargets = saved[i];
+    src->targets = saved_targets;
+    mg_free(saved);
+  }
   uv_loop_close(&loop);
   mg_buf_cleanup(&out.line);
   mg_buf_cleanup(&body);

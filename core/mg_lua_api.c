@@ -366,6 +366,49 @@ static int targets_build(rd_t *r, mg_conf_job_t *j) {
   return 0;
 }
 
+/* A list of relabel rules, already checked field by field by moongate.lua;
+ * the engine compiles them (and mg_conf users see them as written). */
+static int rd_relabels(rd_t *r, int t, const char *k, mg_conf_relabels_t *rs) {
+  lua_State *L = r->L;
+  int ty = rd_get(r, t, k), rc = 0;
+  if (ty == LUA_TNIL) goto out;
+  if (ty != LUA_TTABLE) {
+    rc = rd_type(r, k, "list of rules");
+    goto out;
+  }
+  int list = lua_gettop(L);
+  size_t n = lua_objlen(L, list);
+  for (size_t i = 1; i <= n && rc == 0; i++) {
+    lua_rawgeti(L, list, (int)i);
+    int e = lua_gettop(L);
+    mg_conf_relabel_t *rule = lua_istable(L, e) ? mg_conf_relabels_add(rs) : NULL;
+    if (!lua_istable(L, e)) rc = rd_type(r, k, "list of rules");
+    else if (!rule) rc = rd_oom(r);
+    if (rc == 0) {
+      lua_getfield(L, e, "source_labels");
+      size_t ns = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+      for (size_t x = 1; x <= ns && rc == 0; x++) {
+        lua_rawgeti(L, -1, (int)x);
+        const char *lbl = lua_tostring(L, -1);
+        if (!lbl) rc = rd_type(r, "source_labels[]", "string");
+        else if (mg_conf_relabel_add_source(rule, lbl) < 0) rc = rd_oom(r);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+    if (rc == 0) rc = rd_str(r, e, "separator", &rule->separator, false);
+    if (rc == 0) rc = rd_str(r, e, "regex", &rule->regex, false);
+    if (rc == 0) rc = rd_u64(r, e, "modulus", UINT64_MAX / 2, &rule->modulus);
+    if (rc == 0) rc = rd_str(r, e, "target_label", &rule->target_label, false);
+    if (rc == 0) rc = rd_str(r, e, "replacement", &rule->replacement, false);
+    if (rc == 0) rc = rd_str(r, e, "action", &rule->action, false);
+    lua_settop(L, list);
+  }
+out:
+  lua_pop(L, 1);
+  return rc;
+}
+
 static int job_build(rd_t *r, mg_conf_job_t *j) {
   TRY(rd_u64(r, 1, "interval_ms", UINT64_MAX / 2, &j->interval_ms));
   TRY(rd_u64(r, 1, "timeout_ms", UINT64_MAX / 2, &j->timeout_ms));
@@ -383,6 +426,8 @@ static int job_build(rd_t *r, mg_conf_job_t *j) {
   TRY(rd_u64(r, 1, "label_name_length_limit", UINT64_MAX / 2, &j->label_name_length_limit));
   TRY(rd_u64(r, 1, "label_value_length_limit", UINT64_MAX / 2, &j->label_value_length_limit));
   TRY(targets_build(r, j));
+  TRY(rd_relabels(r, 1, "relabel_configs", &j->relabel_configs));
+  TRY(rd_relabels(r, 1, "metric_relabel_configs", &j->metric_relabel_configs));
   return 0;
 }
 
@@ -454,6 +499,7 @@ static int dest_build(rd_t *r, mg_conf_dest_t *d) {
   TRY(rd_u64(r, 1, "remote_timeout_ms", UINT64_MAX / 2, &d->remote_timeout_ms));
   TRY(rd_bool(r, 1, "send_metadata", &d->send_metadata));
   TRY(rd_u64(r, 1, "metadata_send_interval_ms", UINT64_MAX / 2, &d->metadata_send_interval_ms));
+  TRY(rd_relabels(r, 1, "write_relabel_configs", &d->write_relabel_configs));
   int has = rd_sub(r, 1, "queue");
   if (has < 0) return has;
   if (has) {

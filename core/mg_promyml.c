@@ -362,9 +362,6 @@ static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, kvs_mode_t mode) 
     const char *v = "";
     size_t old = push_key(L, m.v[i].key);
     if (!is_null(m.v[i].v)) rc = get_str(L, m.v[i].v, &v);
-    if (rc == 0 && mode == KVS_TARGET_LABELS && !strncmp(m.v[i].key, "__", 2))
-      rc = fail(L, m.v[i].k, "labels starting with __ steer relabeling, which this moongate version does not "
-                              "support");
     /* Prometheus expands $VAR in external label values; moongate does
      * not, so such a value would silently differ. */
     if (rc == 0 && mode == KVS_EXTERNAL_LABELS && strchr(v, '$'))
@@ -556,6 +553,66 @@ static int load_params(loader_t *L, yaml_node_t *n, mg_conf_job_t *j) {
   return rc;
 }
 
+/* One relabel_config: fields as written (mg_relabel checks and compiles
+ * them, with Prometheus's defaults for what is absent). */
+static int load_relabel(loader_t *L, yaml_node_t *n, mg_conf_relabels_t *rs) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  mg_conf_relabel_t *r = mg_conf_relabels_add(rs);
+  if (!r) rc = oom(L, n);
+  if (r) r->line = line_of(n);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    pair_t *pr = &m.v[i];
+    size_t old = push_key(L, pr->key);
+    yaml_node_t *v = pr->v;
+    const char *k = pr->key;
+    if (is_null(v)) {
+      /* absent */
+    } else if (!strcmp(k, "source_labels")) {
+      size_t count;
+      yaml_node_item_t *items;
+      if ((rc = get_seq(L, v, &items, &count)) == 0)
+        for (size_t x = 0; x < count && rc == 0; x++) {
+          const char *lbl = "";
+          size_t o2 = push_index(L, x);
+          if ((rc = get_str(L, item(L, items, x), &lbl)) == 0 && mg_conf_relabel_add_source(r, lbl) < 0)
+            rc = oom(L, v);
+          pop(L, o2);
+        }
+    } else if (!strcmp(k, "separator")) {
+      rc = set_str(L, v, &r->separator, false);
+    } else if (!strcmp(k, "regex")) {
+      rc = set_str(L, v, &r->regex, false);
+    } else if (!strcmp(k, "modulus")) {
+      rc = get_uint(L, v, UINT64_MAX, &r->modulus);
+    } else if (!strcmp(k, "target_label")) {
+      rc = set_str(L, v, &r->target_label, false);
+    } else if (!strcmp(k, "replacement")) {
+      rc = set_str(L, v, &r->replacement, false);
+    } else if (!strcmp(k, "action")) {
+      rc = set_str(L, v, &r->action, false);
+    } else {
+      rc = fail(L, pr->k, "unknown relabel_config field");
+    }
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  return rc;
+}
+
+static int load_relabels(loader_t *L, yaml_node_t *v, mg_conf_relabels_t *rs) {
+  size_t count;
+  yaml_node_item_t *items;
+  int rc = get_seq(L, v, &items, &count);
+  for (size_t i = 0; i < count && rc == 0; i++) {
+    size_t old = push_index(L, i);
+    rc = load_relabel(L, item(L, items, i), rs);
+    pop(L, old);
+  }
+  return rc;
+}
+
 static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
   const char *k = p->key;
   yaml_node_t *v = p->v;
@@ -573,6 +630,8 @@ static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
     return set_str(L, v, &j->scheme, false);
   }
   if (!strcmp(k, "params")) return load_params(L, v, j);
+  if (!strcmp(k, "relabel_configs")) return load_relabels(L, v, &j->relabel_configs);
+  if (!strcmp(k, "metric_relabel_configs")) return load_relabels(L, v, &j->metric_relabel_configs);
   if (!strcmp(k, "honor_labels")) return get_bool(L, v, &j->honor_labels);
   if (!strcmp(k, "honor_timestamps")) return get_bool(L, v, &j->honor_timestamps);
   if (!strcmp(k, "enable_compression")) return get_bool(L, v, &j->enable_compression);
@@ -712,6 +771,7 @@ static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
   if (!strcmp(k, "headers")) return get_kvs(L, v, &d->headers, KVS_PLAIN);
   if (!strcmp(k, "queue_config")) return load_queue(L, v, &d->queue);
   if (!strcmp(k, "metadata_config")) return load_metadata(L, v, d);
+  if (!strcmp(k, "write_relabel_configs")) return load_relabels(L, v, &d->write_relabel_configs);
   if (!strcmp(k, "send_exemplars")) return only_value(L, p, false, "moongate sends no exemplars");
   if (!strcmp(k, "send_native_histograms"))
     return only_value(L, p, false, "moongate sends no native histograms");

@@ -17,6 +17,7 @@
 #include "mg_mem.h"
 #include "mg_metrics.h"
 #include "mg_parse.h"
+#include "mg_relabel.h"
 #include "mg_series.h"
 #include "mg_wire.h"
 
@@ -32,6 +33,7 @@
 
 typedef struct job_metrics {
   mg_metric_t *ok, *fail, *samples, *up, *down;
+  mg_relabel_t *metric_relabel; /* NULL: no metric_relabel_configs */
 } job_metrics_t;
 
 typedef struct target {
@@ -49,6 +51,7 @@ typedef struct target {
   mg_http_req_t *req;
   mg_buf_t *body;
   int64_t start_wall_ms;
+  uint64_t interval_ms, timeout_ms; /* after target relabeling */
   uint64_t start_ns; /* uv_hrtime at the start of the scrape */
   unsigned refs;     /* its timer handle + a request in flight */
   mg_series_table_t series;
@@ -105,7 +108,16 @@ struct mg_scrape {
   void *trace_ud;
   mg_buf_t extra; /* encoding of rewritten labels */
   mg_label_t decoded[MAX_SERIES_LABELS];
+  mg_relabel_t **write_relabel; /* per destination; NULL entries: none */
+  mg_labels_t lb;               /* relabel builder, reused for every series */
+  mg_labels_t lb_write;
 };
+
+/* Extra bytes kept with a rewritten series: blocks of [tag][varint
+ * length][label pairs]. Tag STAGE1 holds the labels after metric relabeling
+ * and hooks; tag d < 64 holds destination d's final labels after its
+ * write_relabel_configs (external labels included). */
+#define BLOCK_STAGE1 0xffu
 
 /* Route ids below this are the fixed ones of mg_series.h. */
 #define ROUTE_FIRST 3
@@ -123,6 +135,7 @@ typedef struct scrape_ctx {
   int stale_mode; /* parsing a remembered key to write its staleness marker */
   const mg_series_entry_t *gone; /* the entry being marked stale */
   mg_parse_format_t fmt;
+  int synthetic; /* staging up/scrape_* (not traced) */
   char err[200];
   /* metadata accumulator for the current family */
   mg_str_t meta_family;
@@ -258,11 +271,11 @@ static size_t with_external(const mg_scrape_t *s, const mg_label_t *in, size_t n
   return s->next ? merge_missing(out, n, s->ext, s->next, MAX_SERIES_LABELS) : n;
 }
 
-static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *stage1, size_t n1, double v,
-                 int64_t ts) {
+/* Encode one sample with final labels (external labels already in). */
+static int stage_final(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *labels, size_t n, double v,
+                       int64_t ts) {
   mg_scrape_t *s = c->t->s;
-  mg_label_t labels[MAX_SERIES_LABELS];
-  size_t n = with_external(s, stage1, n1, labels);
+  if (s->trace && !c->stale_mode && !c->synthetic) s->trace(s->trace_ud, labels, n, dests, NULL, v);
   size_t off = s->staging.len;
   int rc = mg_wire_append_series(&s->staging, labels, n, v, ts);
   if (rc) {
@@ -282,6 +295,13 @@ static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_
   s->entries[s->nentries++] =
       (struct staged){(uint32_t)off, (uint32_t)(s->staging.len - off), hash ^ c->t->seed, dests};
   return 0;
+}
+
+static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *stage1, size_t n1, double v,
+                 int64_t ts) {
+  mg_label_t labels[MAX_SERIES_LABELS];
+  size_t n = with_external(c->t->s, stage1, n1, labels);
+  return stage_final(c, hash, dests, labels, n, v, ts);
 }
 
 static uint64_t labels_hash(const mg_label_t *l, size_t n) {
@@ -359,20 +379,52 @@ static int route_for(mg_scrape_t *s, uint64_t dests, uint16_t *out) {
 
 /* Rewritten labels are kept with the series as (varint length, bytes)
  * name/value pairs; decoding gives views into the key store. */
-static int encode_labels(mg_buf_t *b, const mg_label_t *l, size_t n) {
-  mg_buf_reset(b);
+static int put_varint_buf(mg_buf_t *b, uint64_t len) {
+  unsigned char v[10];
+  size_t m = 0;
+  while (len >= 0x80) v[m++] = (unsigned char)(len | 0x80), len >>= 7;
+  v[m++] = (unsigned char)len;
+  return mg_buf_append(b, v, m);
+}
+
+static int encode_pairs(mg_buf_t *b, const mg_label_t *l, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    mg_str_t parts[2] = {l[i].name, l[i].value};
+    for (int k = 0; k < 2; k++)
+      if (put_varint_buf(b, parts[k].n) || mg_buf_append(b, parts[k].p, parts[k].n)) return MG_ENOMEM;
+  }
+  return 0;
+}
+
+/* Append one block (tag, length, label pairs) to b. */
+static int encode_block(mg_buf_t *b, unsigned tag, const mg_label_t *l, size_t n) {
+  size_t len = 0;
   for (size_t i = 0; i < n; i++) {
     mg_str_t parts[2] = {l[i].name, l[i].value};
     for (int k = 0; k < 2; k++) {
-      unsigned char v[10];
-      size_t m = 0;
-      uint64_t len = parts[k].n;
-      while (len >= 0x80) v[m++] = (unsigned char)(len | 0x80), len >>= 7;
-      v[m++] = (unsigned char)len;
-      if (mg_buf_append(b, v, m) || mg_buf_append(b, parts[k].p, parts[k].n)) return MG_ENOMEM;
+      size_t m = parts[k].n, vl = 1;
+      while (m >= 0x80) m >>= 7, vl++;
+      len += vl + parts[k].n;
     }
   }
-  return 0;
+  unsigned char t = (unsigned char)tag;
+  if (mg_buf_append(b, &t, 1) || put_varint_buf(b, len)) return MG_ENOMEM;
+  return encode_pairs(b, l, n);
+}
+
+/* Find the block with this tag in a series' extra bytes. */
+static bool find_block(mg_str_t extra, unsigned tag, mg_str_t *out) {
+  const unsigned char *p = (const unsigned char *)extra.p, *end = p + extra.n;
+  while (p < end) {
+    unsigned t = *p++;
+    size_t len = 0;
+    int shift = 0;
+    while (*p & 0x80) len |= (size_t)(*p++ & 0x7f) << shift, shift += 7;
+    len |= (size_t)*p++ << shift;
+    if (t == tag) return *out = mg_str_n((const char *)p, len), true;
+    p += len;
+  }
+  return false;
 }
 
 static size_t decode_labels(mg_str_t in, mg_label_t *out, size_t cap) {
@@ -393,15 +445,59 @@ static size_t decode_labels(mg_str_t in, mg_label_t *out, size_t cap) {
   return n;
 }
 
-/* Decide a new series once: the hook (if any) picks destinations and may
- * rewrite the labels. On return *labels and *n are the labels to send. */
+static bool labels_equal(const mg_label_t *a, size_t na, const mg_label_t *b, size_t nb) {
+  if (na != nb) return false;
+  for (size_t i = 0; i < na; i++)
+    if (!mg_str_eq(a[i].name, b[i].name) || !mg_str_eq(a[i].value, b[i].value)) return false;
+  return true;
+}
+
+/* Labels after relabeling must still name a series: __name__ present and
+ * every name valid (labelmap can produce invalid ones, as in Prometheus). */
+static bool labels_valid(const mg_label_t *l, size_t n) {
+  bool named = false;
+  for (size_t i = 0; i < n; i++) {
+    if (!mg_parse_valid_label_name(l[i].name)) return false;
+    if (mg_str_eq_c(l[i].name, "__name__")) named = mg_parse_valid_metric_name(l[i].value);
+  }
+  return named;
+}
+
+/* Run rules on labels through builder lb. Returns 1 kept (result in
+ * lb->v), 0 dropped, -1 error. */
+static int apply_rules(const mg_relabel_t *r, mg_labels_t *lb, const mg_label_t *l, size_t n) {
+  mg_labels_reset(lb);
+  for (size_t i = 0; i < n; i++)
+    if (mg_labels_set(lb, l[i].name, l[i].value) != 0) return -1;
+  bool keep = false;
+  if (mg_relabel_apply(r, lb, &keep) != 0) return -1;
+  return keep && labels_valid(lb->v, lb->n) ? 1 : 0;
+}
+
+/* Decide a series once: metric_relabel_configs, then the hook (if any)
+ * picks destinations and may rewrite the labels, then each destination's
+ * write_relabel_configs. What differs from the labels the body gives is
+ * kept with the series (blocks, see BLOCK_STAGE1), so later scrapes of it
+ * run none of this. */
 static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t *ps, bool is_new,
-                  const mg_label_t **labels, size_t *n, const char **reason) {
+                  const mg_label_t *built, size_t nbuilt, const char **reason) {
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
+  const mg_label_t *labels = built;
+  size_t n = nbuilt;
   mg_series_decision_t d = {s->all_dests, NULL, 0, NULL};
-  if (s->decide) {
-    mg_series_view_t v = {*labels, *n, t->labels, t->nlabels, t->job->name, ps->name, MG_MTYPE_UNKNOWN, {NULL, 0}};
+  if (t->jm->metric_relabel) {
+    int k = apply_rules(t->jm->metric_relabel, &s->lb, labels, n);
+    if (k <= 0) {
+      d.dests = 0;
+      d.reason = k < 0 ? "metric_relabel_configs failed (limits)" : "dropped by metric_relabel_configs";
+    } else {
+      labels = s->lb.v;
+      n = s->lb.n;
+    }
+  }
+  if (d.dests && s->decide) {
+    mg_series_view_t v = {labels, n, t->labels, t->nlabels, t->job->name, ps->name, MG_MTYPE_UNKNOWN, {NULL, 0}};
     /* The family's metadata, when the sample belongs to the family whose
      * HELP/TYPE lines came last (histogram and summary suffixes included). */
     if (c->meta_have && ps->name.n >= c->meta_family.n &&
@@ -409,26 +505,70 @@ static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t
       v.type = c->meta_type;
       v.help = c->meta_help;
     }
+    d.dests = s->all_dests;
     s->decide(s->decide_ud, &v, &d);
+    if (d.labels) {
+      labels = d.labels;
+      n = d.nlabels;
+    }
   }
   *reason = d.reason;
+  mg_buf_reset(&s->extra);
+  int rc = 0;
+  if (d.dests && !labels_equal(labels, n, built, nbuilt)) rc = encode_block(&s->extra, BLOCK_STAGE1, labels, n);
+  for (size_t di = 0; !rc && d.dests && di < s->ndests; di++) {
+    if (!(d.dests >> di & 1) || !s->write_relabel[di]) continue;
+    mg_label_t full[MAX_SERIES_LABELS];
+    size_t nf = with_external(s, labels, n, full);
+    int k = apply_rules(s->write_relabel[di], &s->lb_write, full, nf);
+    if (k <= 0) d.dests &= ~((uint64_t)1 << di);
+    else if (!labels_equal(s->lb_write.v, s->lb_write.n, full, nf))
+      rc = encode_block(&s->extra, (unsigned)di, s->lb_write.v, s->lb_write.n);
+  }
+  if (!d.dests && !*reason) *reason = "dropped by write_relabel_configs";
   uint16_t route;
-  int rc = route_for(s, d.dests, &route);
-  if (rc) {
+  if (!rc) rc = route_for(s, d.dests, &route);
+  if (rc == MG_EFULL) {
     snprintf(c->err, sizeof c->err, "too many distinct destination sets (%u)", MAX_ROUTES);
     return rc;
   }
-  if (d.labels) {
-    if (encode_labels(&s->extra, d.labels, d.nlabels) || mg_series_set_extra(&t->series, e, s->extra.data, s->extra.len)) {
-      snprintf(c->err, sizeof c->err, "out of memory storing rewritten labels");
-      return MG_ENOMEM;
-    }
+  if (!rc && s->extra.len) {
+    rc = mg_series_set_extra(&t->series, e, s->extra.data, s->extra.len);
     route |= MG_SERIES_ROUTE_REWRITTEN;
-    *n = decode_labels(mg_series_extra(&t->series, e), s->decoded, MAX_SERIES_LABELS);
-    *labels = s->decoded;
+  }
+  if (rc) {
+    snprintf(c->err, sizeof c->err, "out of memory storing a series decision");
+    return MG_ENOMEM;
   }
   e->route = (uint16_t)(route | (is_new ? MG_SERIES_ROUTE_PENDING : 0));
   return 0;
+}
+
+/* Stage one sample of a known series by its cached decision: destinations
+ * with labels of their own (write relabeling) get their own encoding, the
+ * rest share one. built/nbuilt: the labels from the body, or NULL when the
+ * series is rewritten (they are then not needed). */
+static int stage_decided(scrape_ctx_t *c, const mg_series_entry_t *e, uint64_t hash, const mg_label_t *built,
+                         size_t nbuilt, double v, int64_t ts) {
+  mg_scrape_t *s = c->t->s;
+  uint64_t dests = route_mask(s, e->route);
+  if (!(e->route & MG_SERIES_ROUTE_REWRITTEN)) return stage(c, hash, dests, built, nbuilt, v, ts);
+  mg_str_t extra = mg_series_extra(&c->t->series, e), blk;
+  for (size_t di = 0; di < s->ndests; di++) {
+    if (!(dests >> di & 1) || !find_block(extra, (unsigned)di, &blk)) continue;
+    mg_label_t own[MAX_SERIES_LABELS];
+    size_t n = decode_labels(blk, own, MAX_SERIES_LABELS);
+    int rc = stage_final(c, hash, (uint64_t)1 << di, own, n, v, ts);
+    if (rc) return rc;
+    dests &= ~((uint64_t)1 << di);
+  }
+  if (!dests) return 0;
+  if (find_block(extra, BLOCK_STAGE1, &blk)) {
+    size_t n = decode_labels(blk, s->decoded, MAX_SERIES_LABELS);
+    return stage(c, hash, dests, s->decoded, n, v, ts);
+  }
+  if (built) return stage(c, hash, dests, built, nbuilt, v, ts);
+  return MG_EINVAL; /* the caller builds labels when STAGE1 is absent */
 }
 
 /* A synthetic series: name + target labels, to every destination (hooks and
@@ -440,7 +580,10 @@ static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
   out[n++] = (mg_label_t){MG_STR_LIT("__name__"), mg_str(name)};
   for (size_t i = 0; i < t->nlabels; i++) out[n++] = t->labels[i];
   qsort(out, n, sizeof *out, label_cmp);
-  return stage(c, mg_series_hash(name, strlen(name), 0), t->s->all_dests, out, n, v, c->ts_ms);
+  c->synthetic = 1;
+  int rc = stage(c, mg_series_hash(name, strlen(name), 0), t->s->all_dests, out, n, v, c->ts_ms);
+  c->synthetic = 0;
+  return rc;
 }
 
 /* ---- parse callbacks ---------------------------------------------------- */
@@ -481,14 +624,12 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   const mg_conf_job_t *job = t->job;
   uint64_t h = mg_series_hash(ps->series.p, ps->series.n, 0);
   mg_label_t built[MAX_SERIES_LABELS];
-  const mg_label_t *labels = built;
   if (c->stale_mode) {
     int n = build_labels(c, ps, built);
     if (n < 0) return 0; /* a key that no longer builds: nothing to mark */
     struct fresh key = {0, labels_hash(built, (size_t)n)};
     if (bsearch(&key, s->fresh, s->nfresh, sizeof key, fresh_cmp)) return 0;
-    return stage(c, h, route_mask(s, c->gone->route), built, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM
-                                                                                                     : 0;
+    return stage_decided(c, c->gone, h, built, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM : 0;
   }
   c->samples++;
   if (job->sample_limit && c->samples > job->sample_limit) {
@@ -507,39 +648,47 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     return 0;
   }
   e->epoch = t->series.epoch;
-  size_t n;
+  const mg_label_t *labels = NULL;
+  size_t n = 0;
   const char *reason = NULL;
   if (is_new) c->added++;
-  if (is_new || MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_UNDECIDED) {
+  bool undecided = MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_UNDECIDED;
+  mg_str_t blk;
+  if (!is_new && !undecided && (e->route & MG_SERIES_ROUTE_REWRITTEN) &&
+      find_block(mg_series_extra(&t->series, e), BLOCK_STAGE1, &blk)) {
+    /* Rewritten labels are cached: the body's labels are not needed. */
+  } else if (MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP || is_new || undecided) {
+    int nb = build_labels(c, ps, built);
+    if (nb < 0) return MG_EPARSE;
+    labels = built;
+    n = (size_t)nb;
+  }
+  if (is_new || undecided) {
     /* New, or known but its decision was forgotten by a reload. */
-    int nb = build_labels(c, ps, built);
-    if (nb < 0) return MG_EPARSE;
-    n = (size_t)nb;
-    int rc = decide(c, e, ps, is_new, &labels, &n, &reason);
+    int rc = decide(c, e, ps, is_new, built, n, &reason);
     if (rc) return rc;
-    if (is_new && MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP && remember_fresh(c, h, labels, n) != 0)
-      return MG_ENOMEM;
-  } else if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP) {
-    if (s->trace) s->trace(s->trace_ud, NULL, 0, 0, "dropped (cached decision)", ps->value);
+    if (is_new && MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP) {
+      mg_str_t b1;
+      const mg_label_t *l1 = built;
+      size_t n1 = n;
+      if ((e->route & MG_SERIES_ROUTE_REWRITTEN) && find_block(mg_series_extra(&t->series, e), BLOCK_STAGE1, &b1)) {
+        n1 = decode_labels(b1, s->decoded, MAX_SERIES_LABELS);
+        l1 = s->decoded;
+      }
+      if (remember_fresh(c, h, l1, n1) != 0) return MG_ENOMEM;
+    }
+  }
+  if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP) {
+    if (s->trace) {
+      mg_label_t full[MAX_SERIES_LABELS];
+      size_t nf = labels ? with_external(s, labels, n, full) : 0;
+      s->trace(s->trace_ud, labels ? full : NULL, nf, 0, reason ? reason : "dropped (cached decision)", ps->value);
+    }
     return 0;
-  } else if (e->route & MG_SERIES_ROUTE_REWRITTEN) {
-    n = decode_labels(mg_series_extra(&t->series, e), s->decoded, MAX_SERIES_LABELS);
-    labels = s->decoded;
-  } else {
-    int nb = build_labels(c, ps, built);
-    if (nb < 0) return MG_EPARSE;
-    n = (size_t)nb;
   }
-  uint64_t dests = route_mask(s, e->route);
-  if (s->trace) {
-    mg_label_t full[MAX_SERIES_LABELS];
-    size_t nf = with_external(s, labels, n, full);
-    s->trace(s->trace_ud, full, nf, dests, dests ? NULL : (reason ? reason : "dropped"), ps->value);
-  }
-  if (!dests) return 0;
   c->post_relabel++;
   int64_t ts = (job->honor_timestamps && ps->has_timestamp) ? ps->timestamp_ms : c->ts_ms;
-  return stage(c, h, dests, labels, n, ps->value, ts);
+  return stage_decided(c, e, h, labels, n, ps->value, ts);
 }
 
 /* A series disappeared: parse its remembered key to get its labels back and
@@ -550,11 +699,12 @@ static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
    * scrape that failed, so they were never written either. */
   if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
   mg_scrape_t *s = c->t->s;
-  if (e->route & MG_SERIES_ROUTE_REWRITTEN) {
-    size_t n = decode_labels(mg_series_extra(&c->t->series, e), s->decoded, MAX_SERIES_LABELS);
+  mg_str_t blk;
+  if ((e->route & MG_SERIES_ROUTE_REWRITTEN) && find_block(mg_series_extra(&c->t->series, e), BLOCK_STAGE1, &blk)) {
+    size_t n = decode_labels(blk, s->decoded, MAX_SERIES_LABELS);
     struct fresh k = {0, labels_hash(s->decoded, n)};
     if (!bsearch(&k, s->fresh, s->nfresh, sizeof k, fresh_cmp))
-      stage(c, e->hash, route_mask(s, e->route), s->decoded, n, mg_wire_stale_nan(), c->ts_ms);
+      stage_decided(c, e, e->hash, NULL, 0, mg_wire_stale_nan(), c->ts_ms);
     return;
   }
   c->gone = e;
@@ -726,7 +876,7 @@ static void on_tick(uv_timer_t *h) {
       .url = t->url,
       .headers = t->headers,
       .nheaders = nh,
-      .timeout_ms = t->job->timeout_ms,
+      .timeout_ms = t->timeout_ms,
       .max_body = t->body->limit,
       .accept_gzip = t->job->enable_compression,
       .tls = &tls,
@@ -760,45 +910,6 @@ static int url_append_escaped(mg_buf_t *b, const char *v) {
   return 0;
 }
 
-/* Copy the target's labels into its own storage, sorted: job, instance and
- * the static labels (static labels may override job and instance, as
- * target labels do in Prometheus). */
-static int target_labels(target_t *t, const mg_conf_target_t *ct) {
-  const char *names[MAX_TARGET_LABELS], *values[MAX_TARGET_LABELS];
-  size_t n = 0;
-  names[n] = "job", values[n++] = t->job->name;
-  names[n] = "instance", values[n++] = ct->address;
-  for (size_t i = 0; i < ct->labels.n; i++) {
-    size_t k = 0;
-    while (k < n && strcmp(names[k], ct->labels.v[i].name) != 0) k++;
-    if (k == n) {
-      if (n == MAX_TARGET_LABELS) return MG_ETOOBIG;
-      n++;
-    }
-    names[k] = ct->labels.v[i].name;
-    values[k] = ct->labels.v[i].value;
-  }
-  size_t total = 0;
-  for (size_t i = 0; i < n; i++) total += strlen(names[i]) + strlen(values[i]);
-  if (mg_buf_reserve(&t->strings, total) != 0) return MG_ENOMEM;
-  t->nlabels = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!values[i][0]) continue;
-    char *np = t->strings.data + t->strings.len;
-    mg_buf_append_str(&t->strings, names[i]);
-    char *vp = t->strings.data + t->strings.len;
-    mg_buf_append_str(&t->strings, values[i]);
-    t->labels[t->nlabels++] = (mg_label_t){mg_str_n(np, strlen(names[i])), mg_str_n(vp, strlen(values[i]))};
-    if (strcmp(names[i], "instance") == 0) t->instance = vp;
-  }
-  qsort(t->labels, t->nlabels, sizeof *t->labels, label_cmp);
-  t->seed = 0;
-  for (size_t i = 0; i < t->nlabels; i++) {
-    t->seed = mg_hash64(t->labels[i].name.p, t->labels[i].name.n, t->seed);
-    t->seed = mg_hash64(t->labels[i].value.p, t->labels[i].value.n, t->seed);
-  }
-  return 0;
-}
 
 /* A target lives until its timer is closed and its last request's callback
  * ran (a canceled scrape still calls back, later). */
@@ -815,8 +926,76 @@ static void target_unref(target_t *t) {
   scrape_unref(s);
 }
 
-static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metrics_t *jm,
-                            const mg_conf_target_t *ct, int *err) {
+/* The target's labels after target relabeling: the ones not starting with
+ * "__", plus instance = __address__ when relabeling set no instance. Copied
+ * into the target's own storage, sorted (the builder keeps them sorted). */
+static int take_target_labels(target_t *t, const mg_labels_t *tl, mg_str_t address) {
+  size_t total = address.n + 8;
+  for (size_t i = 0; i < tl->n; i++) total += tl->v[i].name.n + tl->v[i].value.n;
+  if (mg_buf_reserve(&t->strings, total) != 0) return MG_ENOMEM;
+  bool has_instance = false;
+  t->nlabels = 0;
+  for (size_t i = 0; i < tl->n; i++) {
+    mg_label_t l = tl->v[i];
+    if (mg_str_has_prefix(l.name, "__")) continue;
+    if (t->nlabels == MAX_TARGET_LABELS) return MG_ETOOBIG;
+    char *np = t->strings.data + t->strings.len;
+    mg_buf_append(&t->strings, l.name.p, l.name.n);
+    char *vp = t->strings.data + t->strings.len;
+    mg_buf_append(&t->strings, l.value.p, l.value.n);
+    t->labels[t->nlabels++] = (mg_label_t){mg_str_n(np, l.name.n), mg_str_n(vp, l.value.n)};
+    if (mg_str_eq_c(l.name, "instance")) has_instance = true;
+  }
+  if (!has_instance) {
+    if (t->nlabels == MAX_TARGET_LABELS) return MG_ETOOBIG;
+    char *vp = t->strings.data + t->strings.len;
+    mg_buf_append(&t->strings, address.p, address.n);
+    t->labels[t->nlabels++] = (mg_label_t){MG_STR_LIT("instance"), mg_str_n(vp, address.n)};
+    qsort(t->labels, t->nlabels, sizeof *t->labels, label_cmp);
+  }
+  t->seed = 0;
+  for (size_t i = 0; i < t->nlabels; i++) {
+    t->seed = mg_hash64(t->labels[i].name.p, t->labels[i].name.n, t->seed);
+    t->seed = mg_hash64(t->labels[i].value.p, t->labels[i].value.n, t->seed);
+  }
+  return 0;
+}
+
+/* The scrape URL from the relabeled target: __scheme__, __address__,
+ * __metrics_path__, and the job's params with __param_<name> overriding
+ * every value of <name>. */
+static int target_url(mg_buf_t *u, const mg_conf_job_t *job, const mg_labels_t *tl) {
+  mg_str_t scheme = mg_labels_get(tl, MG_STR_LIT("__scheme__"));
+  mg_str_t addr = mg_labels_get(tl, MG_STR_LIT("__address__"));
+  mg_str_t path = mg_labels_get(tl, MG_STR_LIT("__metrics_path__"));
+  int rc = mg_buf_printf(u, "%.*s://%.*s%.*s", (int)scheme.n, scheme.p, (int)addr.n, addr.p, (int)path.n, path.p);
+  char sep = memchr(path.p, '?', path.n) ? '&' : '?';
+  for (size_t i = 0; !rc && i < job->params.n; i++) {
+    char pname[300];
+    snprintf(pname, sizeof pname, "__param_%s", job->params.v[i].name);
+    if (mg_labels_get(tl, mg_str(pname)).n) continue; /* overridden below */
+    rc |= mg_buf_append_byte(u, (unsigned char)sep);
+    sep = '&';
+    rc |= url_append_escaped(u, job->params.v[i].name);
+    rc |= mg_buf_append_byte(u, '=');
+    rc |= url_append_escaped(u, job->params.v[i].value);
+  }
+  for (size_t i = 0; !rc && i < tl->n; i++) {
+    if (!mg_str_has_prefix(tl->v[i].name, "__param_")) continue;
+    char name[300], value[4096];
+    snprintf(name, sizeof name, "%.*s", (int)(tl->v[i].name.n - 8), tl->v[i].name.p + 8);
+    snprintf(value, sizeof value, "%.*s", (int)tl->v[i].value.n, tl->v[i].value.p);
+    rc |= mg_buf_append_byte(u, (unsigned char)sep);
+    sep = '&';
+    rc |= url_append_escaped(u, name);
+    rc |= mg_buf_append_byte(u, '=');
+    rc |= url_append_escaped(u, value);
+  }
+  return rc ? MG_ETOOBIG : 0;
+}
+
+static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metrics_t *jm, const mg_labels_t *tl,
+                            uint64_t interval_ms, uint64_t timeout_ms, int *err) {
   target_t *t = mg_calloc(1, sizeof *t);
   if (!t) {
     *err = MG_ENOMEM;
@@ -826,20 +1005,16 @@ static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metric
   t->job = job;
   t->jm = jm;
   t->up = -1;
+  t->interval_ms = interval_ms;
+  t->timeout_ms = timeout_ms;
   mg_buf_init(&t->strings, 0);
   mg_buf_init(&t->meta, 0);
   mg_buf_init(&t->meta_next, 16u << 20);
   mg_series_init(&t->series);
   mg_buf_t u;
   mg_buf_init(&u, 8192);
-  int rc = mg_buf_printf(&u, "%s://%s%s", job->scheme, ct->address, job->metrics_path);
-  for (size_t i = 0; !rc && i < job->params.n; i++) {
-    rc |= mg_buf_append_byte(&u, i == 0 ? '?' : '&');
-    rc |= url_append_escaped(&u, job->params.v[i].name);
-    rc |= mg_buf_append_byte(&u, '=');
-    rc |= url_append_escaped(&u, job->params.v[i].value);
-  }
-  if (!rc) rc = target_labels(t, ct);
+  int rc = target_url(&u, job, tl);
+  if (!rc) rc = take_target_labels(t, tl, mg_labels_get(tl, MG_STR_LIT("__address__")));
   if (!rc) rc = mg_auth_header(&job->auth, &t->auth_value);
   if (rc) {
     mg_buf_cleanup(&u);
@@ -852,7 +1027,7 @@ static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metric
     return NULL;
   }
   t->url = mg_buf_steal(&u, NULL);
-  snprintf(t->timeout_hdr, sizeof t->timeout_hdr, "%g", (double)job->timeout_ms / 1000.0);
+  snprintf(t->timeout_hdr, sizeof t->timeout_hdr, "%g", (double)timeout_ms / 1000.0);
   t->headers[0] = (mg_http_header_t){"Accept", ACCEPT_HEADER};
   t->headers[1] = (mg_http_header_t){"X-Prometheus-Scrape-Timeout-Seconds", t->timeout_hdr};
   if (t->auth_value) t->headers[2] = (mg_http_header_t){"Authorization", t->auth_value};
@@ -861,6 +1036,32 @@ static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metric
   t->refs = 1;
   s->refs++;
   return t;
+}
+
+/* The labels a target starts with, as Prometheus gives them to
+ * relabel_configs: __address__, __scheme__, __metrics_path__,
+ * __scrape_interval__, __scrape_timeout__, __param_<name> (first value),
+ * job, then the static labels. */
+static int target_start_labels(mg_labels_t *lb, const mg_conf_job_t *job, const mg_conf_target_t *ct) {
+  char iv[32], to[32];
+  mg_conf_format_duration(job->interval_ms, iv, sizeof iv);
+  mg_conf_format_duration(job->timeout_ms, to, sizeof to);
+  mg_labels_reset(lb);
+  int rc = mg_labels_set(lb, MG_STR_LIT("__address__"), mg_str(ct->address));
+  rc |= mg_labels_set(lb, MG_STR_LIT("__scheme__"), mg_str(job->scheme));
+  rc |= mg_labels_set(lb, MG_STR_LIT("__metrics_path__"), mg_str(job->metrics_path));
+  rc |= mg_labels_set_copy(lb, MG_STR_LIT("__scrape_interval__"), mg_str(iv));
+  rc |= mg_labels_set_copy(lb, MG_STR_LIT("__scrape_timeout__"), mg_str(to));
+  for (size_t i = 0; !rc && i < job->params.n; i++) {
+    char name[300];
+    snprintf(name, sizeof name, "__param_%s", job->params.v[i].name);
+    if (!mg_labels_get(lb, mg_str(name)).n)
+      rc |= mg_labels_set_copy(lb, mg_str(name), mg_str(job->params.v[i].value));
+  }
+  rc |= mg_labels_set(lb, MG_STR_LIT("job"), mg_str(job->name));
+  for (size_t i = 0; !rc && i < ct->labels.n; i++)
+    rc |= mg_labels_set(lb, mg_str(ct->labels.v[i].name), mg_str(ct->labels.v[i].value));
+  return rc ? MG_ETOOBIG : 0;
 }
 
 static void on_timer_closed(uv_handle_t *h) { target_unref(h->data); }
@@ -892,6 +1093,23 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   mg_buf_init(&s->stale_line, 0);
   mg_buf_init(&s->extra, 0);
   s->all_dests = ndests >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ndests) - 1);
+  s->write_relabel = mg_calloc(ndests ? ndests : 1, sizeof *s->write_relabel);
+  if (!s->write_relabel || mg_labels_init(&s->lb, 0, 0) != 0 || mg_labels_init(&s->lb_write, 0, 0) != 0) {
+    *err = MG_ENOMEM;
+    mg_scrape_free(s);
+    return NULL;
+  }
+  for (size_t d = 0; d < ndests && d < conf->ndests; d++) {
+    char why[300];
+    if (conf->dests[d]->write_relabel_configs.n &&
+        mg_relabel_compile(&conf->dests[d]->write_relabel_configs, &s->write_relabel[d], why, sizeof why) != 0) {
+      MG_ERROR("scrape", "relabel_invalid", "destination=%s field=write_relabel_configs error=\"%s\"",
+               conf->dests[d]->name, why);
+      *err = MG_ECONFIG;
+      mg_scrape_free(s);
+      return NULL;
+    }
+  }
   for (size_t i = 0; i < conf->external_labels.n && s->next < MAX_TARGET_LABELS; i++)
     s->ext[s->next++] = (mg_label_t){mg_str(conf->external_labels.v[i].name), mg_str(conf->external_labels.v[i].value)};
   qsort(s->ext, s->next, sizeof *s->ext, label_cmp);
@@ -917,17 +1135,55 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
     jm->up = metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "up");
     jm->down =
         metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "down");
+    mg_relabel_t *target_relabel = NULL;
+    char why[300];
+    if (job->metric_relabel_configs.n &&
+        mg_relabel_compile(&job->metric_relabel_configs, &jm->metric_relabel, why, sizeof why) != 0) {
+      MG_ERROR("scrape", "relabel_invalid", "job=%s field=metric_relabel_configs error=\"%s\"", job->name, why);
+      *err = MG_ECONFIG;
+      mg_scrape_free(s);
+      return NULL;
+    }
+    if (job->relabel_configs.n && mg_relabel_compile(&job->relabel_configs, &target_relabel, why, sizeof why) != 0) {
+      MG_ERROR("scrape", "relabel_invalid", "job=%s field=relabel_configs error=\"%s\"", job->name, why);
+      *err = MG_ECONFIG;
+      mg_scrape_free(s);
+      return NULL;
+    }
     for (size_t i = 0; i < job->ntargets; i++) {
-      target_t *t = target_new(s, job, jm, job->targets[i], err);
+      const mg_conf_target_t *ct = job->targets[i];
+      bool keep = true;
+      int rc = target_start_labels(&s->lb, job, ct);
+      if (!rc) rc = mg_relabel_apply(target_relabel, &s->lb, &keep);
+      if (!rc && !keep) {
+        MG_DEBUG("scrape", "target_dropped", "job=%s target=%s reason=relabel_configs", job->name, ct->address);
+        continue;
+      }
+      /* Relabeling may move the target: interval and timeout too. */
+      uint64_t iv = job->interval_ms, to = job->timeout_ms;
+      char d1[64], d2[64];
+      mg_str_t x = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_interval__")),
+               y = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_timeout__"));
+      snprintf(d1, sizeof d1, "%.*s", (int)x.n, x.p);
+      snprintf(d2, sizeof d2, "%.*s", (int)y.n, y.p);
+      if (!rc && (!mg_labels_get(&s->lb, MG_STR_LIT("__address__")).n || mg_conf_parse_duration(d1, &iv) != 0 ||
+                  mg_conf_parse_duration(d2, &to) != 0 || !iv || to > iv)) {
+        MG_WARN("scrape", "target_invalid", "job=%s target=%s reason=\"after relabel_configs: empty __address__ or "
+                "bad __scrape_interval__/__scrape_timeout__\"", job->name, ct->address);
+        continue;
+      }
+      target_t *t = rc ? NULL : target_new(s, job, jm, &s->lb, iv, to, &rc);
       if (!t) {
-        MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, job->targets[i]->address,
-                 mg_err_name(*err));
+        MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, ct->address, mg_err_name(rc));
+        mg_relabel_free(target_relabel);
+        *err = rc;
         mg_scrape_free(s);
         return NULL;
       }
       t->index = s->ntargets;
       s->targets[s->ntargets++] = t;
     }
+    mg_relabel_free(target_relabel);
   }
   uv_timer_init(loop, &s->meta_timer);
   s->meta_timer.data = s;
@@ -982,7 +1238,7 @@ static void on_meta_timer(uv_timer_t *h) {
 int mg_scrape_start(mg_scrape_t *s) {
   for (size_t i = 0; i < s->ntargets; i++) {
     target_t *t = s->targets[i];
-    uint64_t interval = t->job->interval_ms ? t->job->interval_ms : 60000;
+    uint64_t interval = t->interval_ms ? t->interval_ms : 60000;
     /* Stable offset per target spreads scrapes over the interval. */
     uint64_t offset = t->seed % interval;
     uv_timer_start(&t->timer, on_tick, offset, interval);
@@ -1012,6 +1268,8 @@ void mg_scrape_stop(mg_scrape_t *s) {
   }
   uv_timer_stop(&s->meta_timer);
 }
+
+size_t mg_scrape_ntargets(const mg_scrape_t *s) { return s->ntargets; }
 
 uint64_t mg_scrape_active_series(const mg_scrape_t *s) {
   uint64_t n = 0;
@@ -1114,6 +1372,11 @@ static void scrape_unref(mg_scrape_t *s) {
   mg_free(s->fresh);
   mg_free(s->route_masks);
   mg_buf_cleanup(&s->extra);
+  for (size_t d = 0; s->write_relabel && d < s->ndests; d++) mg_relabel_free(s->write_relabel[d]);
+  mg_free(s->write_relabel);
+  for (size_t j = 0; s->jms && j < s->conf->njobs; j++) mg_relabel_free(s->jms[j].metric_relabel);
+  mg_labels_cleanup(&s->lb);
+  mg_labels_cleanup(&s->lb_write);
   mg_free(s->targets);
   mg_free(s->jms);
   mg_free(s);

@@ -37,6 +37,9 @@ void mg_scrape_stop(mg_scrape_t *s);
 /* Free, after stop; memory goes in the last close callback. */
 void mg_scrape_free(mg_scrape_t *s);
 
+/* Targets being scraped (after target relabeling dropped some). */
+size_t mg_scrape_ntargets(const mg_scrape_t *s);
+
 /* Live numbers for /metrics and status. */
 uint64_t mg_scrape_active_series(const mg_scrape_t *s);
 

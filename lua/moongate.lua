@@ -423,6 +423,30 @@ local function metrics_path(v, path)
   return v
 end
 
+-- Relabel rules: the fields of Prometheus's relabel_config; the engine
+-- checks them like Prometheus's loader (defaults, regex syntax, actions).
+local relabel_rule = record {
+  source_labels = function(v, path)
+    if type(v) ~= "table" then bad(path, "expected a list of label names, got %s", describe(v)) end
+    local out = {}
+    for i, l in ipairs(v) do out[i] = text(l, fmt("%s[%d]", path, i)) end
+    return out
+  end,
+  separator = str,
+  regex = str,
+  modulus = integer(1, 2 ^ 53),
+  target_label = str,
+  replacement = str,
+  action = str,
+}
+
+local function relabels(v, path)
+  if type(v) ~= "table" then bad(path, "expected a list of rules { {action = ...}, ... }, got %s", describe(v)) end
+  local out = {}
+  for i, r in ipairs(v) do out[i] = relabel_rule(r, fmt("%s[%d]", path, i)) end
+  return out
+end
+
 local scrape_check = record(with(auth_fields, {
   job = { name_str, required = true },
   interval = duration,
@@ -441,6 +465,8 @@ local scrape_check = record(with(auth_fields, {
   label_limit = count,
   label_name_length_limit = count,
   label_value_length_limit = count,
+  relabel_configs = relabels,
+  metric_relabel_configs = relabels,
 }), {
   job_name = "job", scrape_interval = "interval", scrape_timeout = "timeout", metrics_path = "path",
   static_configs = "targets", tls_config = "tls",
@@ -458,7 +484,7 @@ M.scrape = api("mg.scrape", function(t)
     enable_compression = s.enable_compression, auth = auth_of(s), tls = s.tls,
     body_size_limit = s.body_size_limit, sample_limit = s.sample_limit, label_limit = s.label_limit,
     label_name_length_limit = s.label_name_length_limit, label_value_length_limit = s.label_value_length_limit,
-    targets = s.targets,
+    targets = s.targets, relabel_configs = s.relabel_configs, metric_relabel_configs = s.metric_relabel_configs,
   }
   if not ok then invalid(err) end
 end)
@@ -501,6 +527,7 @@ local rw_fields = with(auth_fields, {
   remote_timeout = duration,
   queue = queue,
   metadata = metadata,
+  write_relabel_configs = relabels,
 })
 local rw_aliases = { queue_config = "queue", metadata_config = "metadata", tls_config = "tls" }
 local rw_check = record(rw_fields, rw_aliases)
@@ -529,6 +556,7 @@ local function remote_write(r)
       min_backoff_ms = q.min_backoff, max_backoff_ms = q.max_backoff, retry_on_http_429 = q.retry_on_http_429,
     },
     send_metadata = m.send, metadata_send_interval_ms = m.send_interval,
+    write_relabel_configs = r.write_relabel_configs,
   }
 end
 

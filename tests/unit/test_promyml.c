@@ -168,18 +168,44 @@ MG_TEST(bench_file) {
   CHECK_STR(c->jobs[0]->targets[3]->address, "127.0.0.1:19103");
   mg_conf_free(c);
 
-  /* With relabel=1 it adds metric_relabel_configs: refused at that line. */
-  EXPECT_ERROR("scrape_configs:\n"
-               "  - job_name: bench\n"
-               "    static_configs:\n"
-               "      - targets: ['127.0.0.1:19100']\n"
-               "    metric_relabel_configs:\n"
-               "      - source_labels: [__name__]\n"
-               "        regex: go_gc_duration_seconds.*\n"
-               "        action: drop\n"
-               "remote_write:\n"
-               "  - url: http://127.0.0.1:18428/api/v1/write\n",
-               5, "scrape_configs[0].metric_relabel_configs: not supported by this moongate version");
+  /* With relabel=1 it adds metric_relabel_configs: kept as written, with
+   * the line of each rule for the engine's messages. */
+  rc = load("scrape_configs:\n"
+            "  - job_name: bench\n"
+            "    static_configs:\n"
+            "      - targets: ['127.0.0.1:19100']\n"
+            "    metric_relabel_configs:\n"
+            "      - source_labels: [__name__]\n"
+            "        regex: go_gc_duration_seconds.*\n"
+            "        action: drop\n"
+            "      - regex: id|name\n"
+            "        action: labeldrop\n"
+            "remote_write:\n"
+            "  - url: http://127.0.0.1:18428/api/v1/write\n"
+            "    write_relabel_configs:\n"
+            "      - {source_labels: [a, b], separator: '-', target_label: c, replacement: '${1}x', modulus: 8,\n"
+            "         action: hashmod}\n",
+            &c, &err);
+  if (rc) MG_FAIL_("%u: %s", err.line, err.msg);
+  REQUIRE(rc == 0);
+  const mg_conf_relabels_t *m = &c->jobs[0]->metric_relabel_configs;
+  REQUIRE(m->n == 2);
+  REQUIRE(m->v[0]->nsource_labels == 1);
+  CHECK_STR(m->v[0]->source_labels[0], "__name__");
+  CHECK_STR(m->v[0]->regex, "go_gc_duration_seconds.*");
+  CHECK_STR(m->v[0]->action, "drop");
+  CHECK_INT(m->v[0]->line, 6);
+  CHECK(m->v[0]->separator == NULL && m->v[0]->replacement == NULL);
+  CHECK_STR(m->v[1]->action, "labeldrop");
+  const mg_conf_relabels_t *w = &c->dests[0]->write_relabel_configs;
+  REQUIRE(w->n == 1 && w->v[0]->nsource_labels == 2);
+  CHECK_STR(w->v[0]->source_labels[1], "b");
+  CHECK_STR(w->v[0]->separator, "-");
+  CHECK_STR(w->v[0]->replacement, "${1}x");
+  CHECK_U64(w->v[0]->modulus, 8);
+  mg_conf_free(c);
+  EXPECT_ERROR("scrape_configs:\n  - job_name: a\n    relabel_configs:\n      - action: drop\n        regexp: x\n", 5,
+               "scrape_configs[0].relabel_configs[0].regexp: unknown relabel_config field");
 }
 
 MG_TEST(every_field) {
@@ -352,8 +378,6 @@ MG_TEST(refusals_name_key_and_line) {
     uint32_t line;
     const char *msg;
   } t[] = {
-      {"scrape_configs:\n  - job_name: a\n    relabel_configs:\n      - action: drop\n", 3,
-       "scrape_configs[0].relabel_configs: not supported by this moongate version"},
       {"scrape_configs:\n  - job_name: a\n    file_sd_configs:\n      - files: [x.json]\n", 3,
        "scrape_configs[0].file_sd_configs: not supported by this moongate version"},
       {"scrape_configs:\n  - job_name: a\n    proxy_url: http://p:3128\n", 3,
@@ -370,11 +394,6 @@ MG_TEST(refusals_name_key_and_line) {
        "scrape_configs[0].basic_auth.username_file: not supported by this moongate version"},
       {"scrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: [a:1]\n        extra: 1\n", 5,
        "scrape_configs[0].static_configs[0].extra: not supported by this moongate version"},
-      {"scrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: [a:1]\n        labels: {__scheme__: "
-       "https}\n",
-       5,
-       "scrape_configs[0].static_configs[0].labels.__scheme__: labels starting with __ steer relabeling, which this "
-       "moongate version does not support"},
       {"rule_files: [a.yml]\n", 1, "rule_files: not supported by this moongate version"},
       {"remote_read:\n  - url: http://x/read\n", 1, "remote_read: not supported by this moongate version"},
       {"scrape_config_files: [x/*.yml]\n", 1, "scrape_config_files: not supported by this moongate version"},
@@ -403,8 +422,6 @@ MG_TEST(refusals_name_key_and_line) {
     uint32_t line;
     const char *msg;
   } r[] = {
-      {"    write_relabel_configs:\n      - action: drop\n", 3,
-       "remote_write[0].write_relabel_configs: not supported by this moongate version"},
       {"    sigv4: {}\n", 3, "remote_write[0].sigv4: not supported by this moongate version"},
       {"    azuread: {cloud: AzurePublic}\n", 3, "remote_write[0].azuread: not supported by this moongate version"},
       {"    proxy_url: http://p\n", 3, "remote_write[0].proxy_url: not supported by this moongate version"},
@@ -853,8 +870,8 @@ MG_TEST(fuzz_seeds_import) {
   mg_conf_t *c;
   mg_conf_error_t err;
   CHECK_INT(mg_promyml_load(path, &c, &err), MG_ECONFIG);
-  CHECK_INT(err.line, 4);
-  CHECK_STR(err.msg, "scrape_configs[0].metric_relabel_configs: not supported by this moongate version");
+  CHECK_INT(err.line, 8);
+  CHECK_STR(err.msg, "remote_write[0].sigv4: not supported by this moongate version");
 }
 
 /* Fail each allocation in turn: every failure is reported as MG_ENOMEM
