@@ -477,6 +477,7 @@ typedef struct rlevel {
   uint32_t max_need; /* over the completed items of this level */
   bool have_atom;    /* an item a repetition may apply to */
   size_t atom_at;    /* its output offset */
+  bool atom_wrap;    /* not one PCRE2 item a quantifier may follow */
   uint32_t atom_need;
 } rlevel_t;
 
@@ -561,14 +562,21 @@ static void atom_begin(rxp_t *x) {
   if (l->have_atom && l->atom_need > l->max_need) l->max_need = l->atom_need;
   l->have_atom = true;
   l->atom_at = x->out->len;
+  l->atom_wrap = false;
   l->atom_need = 0;
 }
+
+/* The item just begun is an assertion, or several PCRE2 items. */
+static void atom_needs_group(rxp_t *x) { x->lv[x->depth].atom_wrap = true; }
 
 static int rx_literal(rxp_t *x, uint32_t c) {
   atom_begin(x);
   /* Go decodes no input to a surrogate (invalid UTF-8 reads as U+FFFD), so
    * \x{D800} matches nothing; PCRE2 refuses surrogates in UTF mode. */
-  if (c >= 0xD800 && c <= 0xDFFF) return emit(x, "(?!)");
+  if (c >= 0xD800 && c <= 0xDFFF) {
+    atom_needs_group(x);
+    return emit(x, "(?!)");
+  }
   bool cased = c >= 0x80 || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
   if (!(x->flags & RF_FOLD) || !cased) return emit_rune(x, c);
   int rc = emit(x, "(?i:");
@@ -622,7 +630,10 @@ static int cls_emit(rxp_t *x, cls_t *c, bool negate) {
   bool have_e = !ranges_empty(&c->exact);
   int rc = 0;
   atom_begin(x);
-  if (!have_f && !have_e) return emit(x, negate ? "[\\x{0}-\\x{10ffff}]" : "(?!)");
+  if (!have_f && !have_e) {
+    atom_needs_group(x);
+    return emit(x, negate ? "[\\x{0}-\\x{10ffff}]" : "(?!)");
+  }
   if (have_e) rc = emit(x, negate ? "(?:(?!" : "(?:");
   if (have_f && !rc) {
     if (fold) rc = emit(x, "(?i:");
@@ -935,16 +946,20 @@ static int rx_repeat(rxp_t *x, size_t from, size_t to, const char *op, bool brac
     else if (m > 0) need = (uint32_t)m * (need > 1 ? need : 1);
     if ((min >= 2 || max >= 2) && need > RX_MAX_REPEAT) return rx_fail(x, E_REPEAT_SIZE, from, to, NULL);
   }
-  /* Group the item so the quantifier applies to all of it. */
-  size_t at = l->atom_at, len = x->out->len;
-  int rc = mg_buf_append(x->out, "(?:", 3);
-  if (rc) return rc == MG_ETOOBIG ? rx_fail(x, E_LARGE, 0, x->n, NULL) : rc;
-  memmove(x->out->data + at + 3, x->out->data + at, len - at);
-  memcpy(x->out->data + at, "(?:", 3);
-  rc = emit(x, ")");
+  /* Assertions and quantified items are grouped before quantifying:
+   * PCRE2 reads a** or a*+ differently and refuses \b*. */
+  int rc = 0;
+  if (l->atom_wrap) {
+    size_t at = l->atom_at, len = x->out->len;
+    if ((rc = mg_buf_append(x->out, "(?:", 3))) return rc == MG_ETOOBIG ? rx_fail(x, E_LARGE, 0, x->n, NULL) : rc;
+    memmove(x->out->data + at + 3, x->out->data + at, len - at);
+    memcpy(x->out->data + at, "(?:", 3);
+    rc = emit(x, ")");
+  }
   if (!rc) rc = emit(x, op);
   if (!rc && lazy) rc = emit(x, "?");
   l->atom_need = need;
+  l->atom_wrap = true;
   x->i = to;
   return rc;
 }
@@ -982,6 +997,7 @@ static int rx_close(rxp_t *x) {
   rlevel_t *p = &x->lv[x->depth];
   p->have_atom = true;
   p->atom_at = at;
+  p->atom_wrap = false;
   p->atom_need = need;
   x->i++;
   return emit(x, ")");
@@ -1056,6 +1072,7 @@ static int rx_backslash(rxp_t *x) {
   const char *assert = c == 'A' ? "\\A" : c == 'b' ? "\\b" : c == 'B' ? "\\B" : c == 'z' ? "\\z" : NULL;
   if (assert) {
     atom_begin(x);
+    atom_needs_group(x);
     x->i += 2;
     return emit(x, assert);
   }
@@ -1121,11 +1138,13 @@ static int rx_parse(rxp_t *x) {
       break;
     case '^':
       atom_begin(x);
+      atom_needs_group(x);
       x->i++;
       rc = emit(x, x->flags & RF_MULTI ? "(?m:^)" : "\\A");
       break;
     case '$':
       atom_begin(x);
+      atom_needs_group(x);
       x->i++;
       rc = emit(x, x->flags & RF_MULTI ? "(?m:$)" : "\\z");
       break;
@@ -1644,7 +1663,8 @@ int mg_relabel_compile(const mg_conf_relabels_t *rules, mg_relabel_t **out, char
   if (!rc && !(cc.ccx = pcre2_compile_context_create(cc.gctx))) rc = MG_ENOMEM;
   if (!rc) {
     pcre2_set_newline(cc.ccx, PCRE2_NEWLINE_LF);
-    /* Every user group may gain a group around its quantifier. */
+    /* Above PCRE2's default of 250: RE2 allows 1000 levels, and a
+     * quantified quantifier gains a group. */
     pcre2_set_parens_nest_limit(cc.ccx, 2 * RX_MAX_DEPTH + 16);
   }
   if (r) r->max_pairs = 1;
@@ -1739,8 +1759,9 @@ static char *arena_alloc(mg_labels_priv_t *p, size_t n, int *rc) {
   return r;
 }
 
+/* Also allocates for n == 0, so views into scratch are never NULL. */
 static int scratch_reserve(const mg_labels_priv_t *p, scratch_t *s, size_t n) {
-  if (n <= s->cap) return 0;
+  if (n <= s->cap && s->p) return 0;
   if (n > p->max_bytes) return MG_ETOOBIG;
   size_t cap = s->cap * 2 > n ? s->cap * 2 : n < 256 ? 256 : n;
   char *q = mg_realloc(s->p, cap);
@@ -1863,7 +1884,7 @@ static int lset(mg_labels_t *ls, mg_str_t name, mg_str_t value, bool copy_name) 
     int rc = 0;
     char *d = name.n ? arena_alloc(p, name.n, &rc) : (char *)"";
     if (!d) return rc;
-    memcpy(d, name.p, name.n);
+    if (name.n) memcpy(d, name.p, name.n);
     name.p = d;
   }
   memmove(ls->v + i + 1, ls->v + i, (ls->n - i) * sizeof *ls->v);

@@ -756,6 +756,39 @@ MG_TEST(compile_errors) {
   }
 }
 
+/* Nesting: Go refuses a parse tree taller than 1000; with the wrapper and
+ * the top-level concatenation that is 999 nested groups. Deep nesting
+ * compiles and matches (PCRE2's own limit of 250 is raised). */
+MG_TEST(deep_nesting) {
+  static char re[2 * 1000 + 2];
+  for (int depth = 998; depth <= 999; depth++) {
+    memset(re, 0, sizeof re);
+    memset(re, '(', (size_t)depth);
+    re[depth] = 'a';
+    memset(re + depth + 1, ')', (size_t)depth);
+    rspec_t spec[2] = {{.action = "keep", .src = {"x"}, .regex = re}};
+    rules_t b;
+    build(&b, spec);
+    mg_relabel_t *r = NULL;
+    char err[512];
+    int rc = mg_relabel_compile(&b.rs, &r, err, sizeof err);
+    if (depth == 999) {
+      CHECK_INT(rc, MG_ECONFIG);
+      CHECK(strstr(err, "expression nests too deeply") != NULL);
+      continue;
+    }
+    REQUIRE(rc == 0);
+    mg_labels_t ls;
+    REQUIRE(mg_labels_init(&ls, 0, 0) == 0);
+    mg_labels_set(&ls, MG_STR_LIT("x"), MG_STR_LIT("a"));
+    bool keep = false;
+    CHECK_INT(mg_relabel_apply(r, &ls, &keep), 0);
+    CHECK(keep);
+    mg_labels_cleanup(&ls);
+    mg_relabel_free(r);
+  }
+}
+
 MG_TEST(compile_misc) {
   mg_relabel_t *r = (mg_relabel_t *)1;
   CHECK_INT(mg_relabel_compile(NULL, &r, NULL, 0), 0);
