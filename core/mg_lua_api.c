@@ -490,6 +490,49 @@ static const char *kind_name(mg_dest_kind_t k) {
   return "unknown";
 }
 
+/* A credential source table from mg.aws.* (checked by moongate.lua). */
+static int rd_creds(rd_t *r, int t, mg_conf_creds_t *c, int depth) {
+  static const struct {
+    const char *name;
+    mg_creds_kind_t kind;
+  } kinds[] = {{"chain", MG_CREDS_CHAIN},     {"static", MG_CREDS_STATIC},
+               {"env", MG_CREDS_ENV},         {"profile", MG_CREDS_PROFILE},
+               {"imds", MG_CREDS_IMDS},       {"ecs", MG_CREDS_ECS},
+               {"web_identity", MG_CREDS_WEB_IDENTITY}, {"process", MG_CREDS_PROCESS},
+               {"assume_role", MG_CREDS_ASSUME_ROLE}};
+  lua_State *L = r->L;
+  if (depth > 8) return rd_fail(r, MG_EINVAL, "credentials: assume_role sources nested too deeply");
+  lua_getfield(L, t, "kind");
+  const char *k = lua_tostring(L, -1);
+  size_t i = 0;
+  while (k && i < sizeof kinds / sizeof *kinds && strcmp(kinds[i].name, k) != 0) i++;
+  lua_pop(L, 1);
+  if (!k || i == sizeof kinds / sizeof *kinds) return rd_fail(r, MG_EINVAL, "internal error: bad credential kind");
+  c->kind = kinds[i].kind;
+  TRY(rd_str(r, t, "access_key_id", &c->access_key_id, false));
+  TRY(rd_str(r, t, "secret_access_key", &c->secret_access_key, true));
+  TRY(rd_str(r, t, "session_token", &c->session_token, true));
+  TRY(rd_str(r, t, "profile", &c->profile, false));
+  TRY(rd_str(r, t, "credentials_file", &c->credentials_file, false));
+  TRY(rd_str(r, t, "config_file", &c->config_file, false));
+  TRY(rd_str(r, t, "role_arn", &c->role_arn, false));
+  TRY(rd_str(r, t, "external_id", &c->external_id, false));
+  TRY(rd_str(r, t, "role_session_name", &c->role_session_name, false));
+  TRY(rd_u64(r, t, "duration_s", 43200, &c->duration_s));
+  TRY(rd_str(r, t, "sts_region", &c->sts_region, false));
+  TRY(rd_str(r, t, "sts_endpoint", &c->sts_endpoint, false));
+  TRY(rd_str(r, t, "web_identity_token_file", &c->web_identity_token_file, false));
+  TRY(rd_str(r, t, "process", &c->process, false));
+  lua_getfield(L, t, "source");
+  int rc = 0;
+  if (lua_istable(L, -1)) {
+    mg_conf_creds_t *src = mg_conf_creds_add_source(c, MG_CREDS_CHAIN);
+    rc = src ? rd_creds(r, lua_gettop(L), src, depth + 1) : rd_oom(r);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
 static int dest_build(rd_t *r, mg_conf_dest_t *d) {
   TRY(rd_str(r, 1, "url", &d->url, false));
   TRY(rd_str(r, 1, "path", &d->path, false));
@@ -500,6 +543,18 @@ static int dest_build(rd_t *r, mg_conf_dest_t *d) {
   TRY(rd_bool(r, 1, "send_metadata", &d->send_metadata));
   TRY(rd_u64(r, 1, "metadata_send_interval_ms", UINT64_MAX / 2, &d->metadata_send_interval_ms));
   TRY(rd_relabels(r, 1, "write_relabel_configs", &d->write_relabel_configs));
+  int sig = rd_sub(r, 1, "sigv4");
+  if (sig < 0) return sig;
+  if (sig) {
+    int sv = lua_gettop(r->L);
+    d->sigv4.enabled = true;
+    TRY(rd_str(r, sv, "region", &d->sigv4.region, false));
+    TRY(rd_str(r, sv, "service", &d->sigv4.service, false));
+    lua_getfield(r->L, sv, "credentials");
+    int rc = lua_istable(r->L, -1) ? rd_creds(r, lua_gettop(r->L), &d->sigv4.creds, 0) : 0;
+    lua_settop(r->L, sv - 1);
+    if (rc) return rc;
+  }
   int has = rd_sub(r, 1, "queue");
   if (has < 0) return has;
   if (has) {

@@ -755,6 +755,77 @@ static int load_metadata(loader_t *L, yaml_node_t *n, mg_conf_dest_t *d) {
   return rc;
 }
 
+/* remote_write[].sigv4 as Prometheus has it (region, access_key,
+ * secret_key, profile, role_arn), plus moongate's external_id,
+ * credentials_file and sts_endpoint. Keys given -> static credentials;
+ * a profile -> that profile of the shared files; role_arn -> AssumeRole on
+ * top of either, or of the default chain; nothing -> the default chain. */
+static int load_sigv4(loader_t *L, yaml_node_t *n, mg_conf_dest_t *d) {
+  map_t m;
+  int rc = get_map(L, n, &m);
+  if (rc < 0) return rc;
+  mg_conf_sigv4_t *sv = &d->sigv4;
+  sv->enabled = true;
+  char *access = NULL, *secret = NULL, *profile = NULL, *role = NULL, *ext = NULL, *file = NULL, *sts = NULL;
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    pair_t *pr = &m.v[i];
+    size_t old = push_key(L, pr->key);
+    const char *k = pr->key;
+    if (is_null(pr->v)) rc = 0;
+    else if (!strcmp(k, "region")) rc = set_str(L, pr->v, &sv->region, false);
+    else if (!strcmp(k, "access_key")) rc = set_str(L, pr->v, &access, false);
+    else if (!strcmp(k, "secret_key")) rc = set_str(L, pr->v, &secret, true);
+    else if (!strcmp(k, "profile")) rc = set_str(L, pr->v, &profile, false);
+    else if (!strcmp(k, "role_arn")) rc = set_str(L, pr->v, &role, false);
+    else if (!strcmp(k, "external_id")) rc = set_str(L, pr->v, &ext, false);
+    else if (!strcmp(k, "credentials_file")) rc = set_str(L, pr->v, &file, false);
+    else if (!strcmp(k, "sts_endpoint")) rc = set_str(L, pr->v, &sts, false);
+    else rc = fail(L, pr->k, "not supported by this moongate version");
+    pop(L, old);
+  }
+  if (rc == 0 && (!access) != (!secret)) rc = fail(L, n, "access_key and secret_key go together");
+  if (rc == 0 && access && (profile || file)) rc = fail(L, n, "give either access_key/secret_key or a profile");
+  if (rc == 0) {
+    mg_conf_creds_t *base = &sv->creds;
+    if (role) {
+      base->kind = MG_CREDS_ASSUME_ROLE;
+      base->role_arn = role, role = NULL;
+      base->external_id = ext, ext = NULL;
+      base->sts_endpoint = sts, sts = NULL;
+      if (access || profile || file) {
+        base = mg_conf_creds_add_source(&sv->creds, MG_CREDS_CHAIN);
+        if (!base) rc = oom(L, n);
+      } else {
+        base = NULL; /* the default chain */
+      }
+    } else if (ext) {
+      rc = fail(L, n, "external_id needs role_arn");
+    }
+    if (rc == 0 && base) {
+      if (access) {
+        base->kind = MG_CREDS_STATIC;
+        base->access_key_id = access, access = NULL;
+        base->secret_access_key = secret, secret = NULL;
+      } else if (profile || file) {
+        base->kind = MG_CREDS_PROFILE;
+        base->profile = profile, profile = NULL;
+        base->credentials_file = file, file = NULL;
+      } else if (!role) {
+        base->kind = MG_CREDS_CHAIN;
+      }
+    }
+  }
+  mg_free(access);
+  mg_mem_free_secret(secret);
+  mg_free(profile);
+  mg_free(role);
+  mg_free(ext);
+  mg_free(file);
+  mg_free(sts);
+  map_cleanup(&m);
+  return rc;
+}
+
 static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
   const char *k = p->key;
   yaml_node_t *v = p->v;
@@ -772,6 +843,7 @@ static int dest_key(loader_t *L, const pair_t *p, mg_conf_dest_t *d) {
   if (!strcmp(k, "queue_config")) return load_queue(L, v, &d->queue);
   if (!strcmp(k, "metadata_config")) return load_metadata(L, v, d);
   if (!strcmp(k, "write_relabel_configs")) return load_relabels(L, v, &d->write_relabel_configs);
+  if (!strcmp(k, "sigv4")) return load_sigv4(L, v, d);
   if (!strcmp(k, "send_exemplars")) return only_value(L, p, false, "moongate sends no exemplars");
   if (!strcmp(k, "send_native_histograms"))
     return only_value(L, p, false, "moongate sends no native histograms");

@@ -12,11 +12,13 @@
 #include <time.h>
 
 #include "mg_auth.h"
+#include "mg_creds.h"
 #include "mg_err.h"
 #include "mg_log.h"
 #include "mg_loop.h"
 #include "mg_mem.h"
 #include "mg_metrics.h"
+#include "mg_sigv4.h"
 #include "mg_sink.h"
 #include "mg_wire.h"
 
@@ -45,6 +47,8 @@ typedef struct shard {
   uv_timer_t retry_timer; /* backoff */
   record_t *head, *tail;
   mg_http_req_t *req; /* non-NULL while head is in flight */
+  mg_creds_value_t *signed_with; /* credentials of the request in flight */
+  mg_buf_t sig_debug;            /* canonical request + string to sign (debug) */
   uint32_t attempts;
   int backing_off;
 } shard_t;
@@ -59,6 +63,14 @@ struct mg_dest {
   mg_http_header_t *headers;
   size_t nheaders;
   char *auth_value; /* secret: "Basic …" or "<type> <credentials>" */
+  /* SigV4 (AMP): credentials, the derived-key cache, and the URL split the
+   * way the request goes on the wire (the Host header is signed). */
+  mg_creds_t *creds;
+  mg_creds_waiter_t creds_waiter;
+  bool creds_waiting;
+  mg_sigv4_key_cache_t keys;
+  char *sig_host, *sig_path, *sig_query, *sig_region, *sig_service;
+  mg_metric_t *m_auth_rejected;
   size_t queued_bytes;
   uint64_t pending_samples;
   /* lifecycle */
@@ -90,6 +102,35 @@ static mg_metric_t *dropped_metric(const char *dest, const char *reason) {
 }
 
 static void on_handle_closed(uv_handle_t *h) { dest_unref(h->data); }
+
+static bool sigv4_debug;
+void mg_remote_write_sigv4_debug(bool on) { sigv4_debug = on; }
+
+/* Split the URL the way the HTTP client sends it: Host is the authority as
+ * written, the path and query as written (SigV4 signs exactly those). */
+static int sig_split_url(mg_dest_t *d, const char *url) {
+  const char *p = strstr(url, "://");
+  if (!p) return MG_EINVAL;
+  p += 3;
+  size_t alen = strcspn(p, "/?#");
+  const char *rest = p + alen;
+  size_t plen = strcspn(rest, "?#");
+  d->sig_host = mg_strndup(p, alen);
+  d->sig_path = plen ? mg_strndup(rest, plen) : mg_strdup("/");
+  d->sig_query = rest[plen] == '?' ? mg_strndup(rest + plen + 1, strcspn(rest + plen + 1, "#")) : mg_strdup("");
+  return d->sig_host && d->sig_path && d->sig_query ? 0 : MG_ENOMEM;
+}
+
+/* The region of an AMP endpoint, aps-workspaces.<region>.amazonaws.com,
+ * when the configuration names none. */
+static char *region_from_host(const char *host) {
+  const char *pre = "aps-workspaces.";
+  if (strncmp(host, pre, strlen(pre)) != 0) return NULL;
+  const char *r = host + strlen(pre), *dot = strchr(r, '.');
+  return dot && dot > r ? mg_strndup(r, (size_t)(dot - r)) : NULL;
+}
+
+static void on_creds_ready(void *ud, int err);
 
 mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err) {
   mg_dest_t *d = mg_calloc(1, sizeof *d);
@@ -125,6 +166,21 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
     for (size_t i = 0; i < conf->headers.n; i++)
       d->headers[d->nheaders++] = (mg_http_header_t){conf->headers.v[i].name, conf->headers.v[i].value};
     if (d->auth_value) d->headers[d->nheaders++] = (mg_http_header_t){"Authorization", d->auth_value};
+    if (conf->sigv4.enabled) {
+      rc = sig_split_url(d, conf->url);
+      if (!rc) {
+        d->sig_region = conf->sigv4.region ? mg_strdup(conf->sigv4.region) : region_from_host(d->sig_host);
+        d->sig_service = mg_strdup(conf->sigv4.service ? conf->sigv4.service : "aps");
+        if (!d->sig_region) {
+          MG_ERROR("remote_write", "sigv4_no_region", "destination=%s hint=\"set region: the URL is not an AMP "
+                   "endpoint it could be read from\"", conf->name);
+          rc = MG_ECONFIG;
+        }
+      }
+      mg_sigv4_key_cache_init(&d->keys);
+      if (!rc) d->creds = mg_creds_new(loop, http, &conf->sigv4.creds, d->sig_region, conf->name, NULL, &rc);
+      if (rc) goto fail;
+    }
   }
   /* Shard count is fixed for the life of the destination (min_shards);
    * adaptive resharding must keep per-series order and arrives with the
@@ -166,8 +222,19 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
   d->m_drop_4xx = dropped_metric(n, "http_4xx");
   d->m_drop_shutdown = dropped_metric(n, "shutdown");
   d->m_drop_sink = dropped_metric(n, "sink_error");
+  d->m_auth_rejected = metric_or_dummy(mg_metrics_counter(
+      "moongate_remote_write_auth_rejections_total",
+      "Requests refused because of their credentials or signature (kept queued and retried).", "destination", n,
+      NULL));
+  for (uint32_t i = 0; i < d->nshards; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
   return d;
 fail:
+  mg_creds_free(d->creds);
+  mg_free(d->sig_host);
+  mg_free(d->sig_path);
+  mg_free(d->sig_query);
+  mg_free(d->sig_region);
+  mg_free(d->sig_service);
   mg_sink_free(d->sink);
   mg_mem_free_secret(d->auth_value);
   mg_free(d->headers);
@@ -365,7 +432,10 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
   mg_dest_t *d = s->d;
   s->req = NULL;
   record_t *r = s->head;
+  mg_creds_value_t *signed_with = s->signed_with;
+  s->signed_with = NULL;
   if (err == MG_ECANCELED || d->closing) {
+    mg_creds_value_unref(signed_with);
     dest_unref(d);
     return;
   }
@@ -396,6 +466,32 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
                 resp->status, s->attempts + 1, (unsigned long long)ra);
     }
     schedule_retry(s, ra);
+  } else if (signed_with &&
+             mg_creds_is_rejection(resp->status, mg_http_response_header(resp, "x-amzn-errortype"),
+                                   resp->body ? resp->body->data : NULL, resp->body ? resp->body->len : 0)) {
+    /* The credentials or the signature were refused (expired token after a
+     * rotation, a revoked key): never drop the batch for that. Force one
+     * refresh and retry; until credentials work the batch stays queued. */
+    mg_metric_inc(d->m_auth_rejected);
+    mg_creds_invalidate(d->creds, signed_with);
+    char msg[MAX_ERROR_BODY_LOG + 16], mask[32];
+    size_t n = resp->body ? resp->body->len : 0;
+    if (n > MAX_ERROR_BODY_LOG) n = MAX_ERROR_BODY_LOG;
+    mg_log_q(msg, sizeof msg, resp->body ? resp->body->data : "", n);
+    if (mg_log_ratelimit(&d->last_reject_log_ms, now, 10000)) {
+      MG_ERROR("remote_write", "auth_rejected", "destination=%s status=%d message=%s access_key_id=%s source=\"%s\" "
+               "hint=\"kept queued; refreshing credentials\"",
+               d->conf->name, resp->status, msg, mg_log_mask(mask, sizeof mask, signed_with->access_key_id),
+               signed_with->source);
+      if (sigv4_debug && s->sig_debug.len) {
+        char q[8192];
+        MG_ERROR("remote_write", "sigv4_debug", "destination=%s canonical_request_and_string_to_sign=%s",
+                 d->conf->name, mg_log_q(q, sizeof q, s->sig_debug.data, s->sig_debug.len));
+      }
+    }
+    /* The first retry follows the forced refresh at once; repeated
+     * refusals back off like any other failure. */
+    schedule_retry(s, 0);
   } else {
     /* Other 4xx: the receiver refuses this batch for good; resending it
      * would fail the same way and block the shard. */
@@ -411,20 +507,19 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     s->attempts = 0;
     pop_head(s);
   }
+  mg_creds_value_unref(signed_with);
   dest_unref(d);
   kick(s);
   check_drained(d);
 }
 
-static void kick(shard_t *s) {
+static void kick_send(shard_t *s, record_t *r, const mg_http_header_t *hdrs, size_t nh) {
   mg_dest_t *d = s->d;
-  if (d->closing || s->req || s->backing_off || !s->head) return;
-  record_t *r = s->head;
   mg_http_request_t req = {
       .method = "POST",
       .url = d->conf->url,
-      .headers = d->headers,
-      .nheaders = d->nheaders,
+      .headers = hdrs,
+      .nheaders = nh,
       .body = r->data,
       .body_len = r->len,
       .timeout_ms = d->conf->remote_timeout_ms,
@@ -443,11 +538,84 @@ static void kick(shard_t *s) {
   if (rc) {
     d->refs--;
     s->req = NULL;
+    mg_creds_value_unref(s->signed_with);
+    s->signed_with = NULL;
     MG_ERROR("remote_write", "request_invalid", "destination=%s err=%s", d->conf->name, mg_err_name(rc));
     schedule_retry(s, 0);
   }
 }
 
+static void on_creds_ready(void *ud, int err) {
+  mg_dest_t *d = ud;
+  d->creds_waiting = false;
+  (void)err; /* a failed refresh is logged by mg_creds; kick waits again */
+  for (uint32_t i = 0; i < d->nshards; i++) kick(&d->shards[i]);
+}
+
+/* Sign a request for AMP. Returns 0 with *out and s->signed_with set, or
+ * MG_EAGAIN when no credentials are available yet (the shard waits for
+ * them, its batches stay queued), or another error (logged). */
+static int sign_request(shard_t *s, const record_t *r, mg_sigv4_result_t *out) {
+  mg_dest_t *d = s->d;
+  mg_creds_value_t *v = mg_creds_current(d->creds);
+  if (!v) {
+    if (!d->creds_waiting && mg_creds_wait(d->creds, &d->creds_waiter, on_creds_ready, d) == 0)
+      d->creds_waiting = true;
+    return MG_EAGAIN;
+  }
+  mg_sigv4_header_t h[3 + 64 + 1];
+  size_t nh = 0;
+  h[nh++] = (mg_sigv4_header_t){"host", d->sig_host};
+  for (size_t i = 0; i < d->nheaders && nh < sizeof h / sizeof *h; i++)
+    h[nh++] = (mg_sigv4_header_t){d->headers[i].name, d->headers[i].value};
+  mg_sigv4_request_t req = {
+      .method = "POST",
+      .url_path = d->sig_path,
+      .query = d->sig_query,
+      .headers = h,
+      .nheaders = nh,
+      .payload = r->data,
+      .payload_len = r->len,
+      .region = d->sig_region,
+      .service = d->sig_service,
+      .unix_time = mg_wall_ms() / 1000,
+  };
+  mg_sigv4_creds_t c = {v->access_key_id, v->secret_access_key, v->session_token};
+  mg_buf_reset(&s->sig_debug);
+  int rc = mg_sigv4_sign(&d->keys, &req, &c, MG_SIGV4_ADD_CONTENT_SHA256, out, sigv4_debug ? &s->sig_debug : NULL);
+  if (rc) {
+    char mask[32];
+    MG_ERROR("remote_write", "sigv4_failed", "destination=%s err=%s access_key_id=%s source=\"%s\"", d->conf->name,
+             mg_err_name(rc), mg_log_mask(mask, sizeof mask, v->access_key_id), v->source);
+    mg_creds_value_unref(v);
+    return rc;
+  }
+  s->signed_with = v;
+  return 0;
+}
+
+static void kick(shard_t *s) {
+  mg_dest_t *d = s->d;
+  if (d->closing || s->req || s->backing_off || !s->head) return;
+  record_t *r = s->head;
+  mg_http_header_t hdrs[64 + 8];
+  size_t nh = 0;
+  for (size_t i = 0; i < d->nheaders && nh < 64; i++) hdrs[nh++] = d->headers[i];
+  if (d->creds) {
+    mg_sigv4_result_t sig;
+    int rc = sign_request(s, r, &sig);
+    if (rc == MG_EAGAIN) return;
+    if (rc) {
+      schedule_retry(s, 0);
+      return;
+    }
+    /* Sign last: these go on the wire exactly as signed. */
+    for (size_t i = 0; i < sig.nadd; i++) hdrs[nh++] = (mg_http_header_t){sig.add[i].name, sig.add[i].value};
+    kick_send(s, r, hdrs, nh);
+    return;
+  }
+  kick_send(s, r, hdrs, nh);
+}
 static void finish_drain(mg_dest_t *d) {
   if (!d->draining) return;
   d->draining = 0;
@@ -514,7 +682,15 @@ static void dest_unref(mg_dest_t *d) {
     shard_t *s = &d->shards[i];
     while (s->head) pop_head(s);
     mg_buf_cleanup(&s->open);
+    mg_buf_cleanup(&s->sig_debug);
+    mg_creds_value_unref(s->signed_with);
   }
+  mg_sigv4_key_cache_cleanup(&d->keys);
+  mg_free(d->sig_host);
+  mg_free(d->sig_path);
+  mg_free(d->sig_query);
+  mg_free(d->sig_region);
+  mg_free(d->sig_service);
   mg_free(d->shards);
   mg_free(d->headers);
   mg_mem_free_secret(d->auth_value);
@@ -525,6 +701,9 @@ void mg_dest_free(mg_dest_t *d) {
   if (!d) return;
   d->closing = 1;
   d->draining = 0;
+  if (d->creds_waiting) mg_creds_cancel_wait(&d->creds_waiter);
+  mg_creds_free(d->creds);
+  d->creds = NULL;
   mg_sink_free(d->sink);
   d->sink = NULL;
   for (uint32_t i = 0; i < d->nshards; i++) {

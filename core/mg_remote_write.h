@@ -17,7 +17,16 @@
 
 typedef struct mg_dest mg_dest_t;
 
-/* conf is borrowed for the lifetime of the destination. */
+/* Log, for a request AMP refused because of its signature, the canonical
+ * request and string to sign moongate used (never the secret; the session
+ * token is shown as "<session token>"), to compare with AMP's message.
+ * Off by default; costs a copy of the canonical request per send. */
+void mg_remote_write_sigv4_debug(bool on);
+
+/* conf is borrowed for the lifetime of the destination. With
+ * conf->sigv4.enabled every request is signed (service "aps" unless set;
+ * region from the configuration or the AMP URL) with credentials from the
+ * provider built for it; while none are available batches stay queued. */
 mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err);
 const char *mg_dest_name(const mg_dest_t *d);
 /* After a reload: point the destination at the new plan's copy of its

@@ -556,7 +556,7 @@ local function remote_write(r)
       min_backoff_ms = q.min_backoff, max_backoff_ms = q.max_backoff, retry_on_http_429 = q.retry_on_http_429,
     },
     send_metadata = m.send, metadata_send_interval_ms = m.send_interval,
-    write_relabel_configs = r.write_relabel_configs,
+    write_relabel_configs = r.write_relabel_configs, sigv4 = r.sigv4,
   }
 end
 
@@ -564,13 +564,95 @@ M.remote_write = api("mg.remote_write", function(t)
   return remote_write(rw_check(t))
 end)
 
--- Amazon Managed Service for Prometheus needs SigV4; until the signer and
--- credential providers land this takes only what mg.remote_write takes.
-local SIGV4_LATER = "SigV4 signing arrives with the AWS issue; use mg.remote_write for unsigned receivers"
+---------------------------------------------------------------------------
+-- AWS credentials (mg.aws.*) and mg.workspace: AMP endpoints signed with
+-- SigV4. A credential source is a plain table marked as ours, so a typo
+-- such as credentials = "chain" is caught here.
+
+local CREDS = {}
+local function creds(kind, fields)
+  fields = fields or {}
+  fields.kind = kind
+  fields[CREDS] = true
+  return fields
+end
+
+local function is_creds(v) return type(v) == "table" and v[CREDS] == true end
+
+local function creds_arg(v, path)
+  if not is_creds(v) then
+    bad(path, "expected a credential source such as mg.aws.chain() or mg.aws.file{...}, got %s", describe(v))
+  end
+  return v
+end
+
+local aws = {}
+aws.chain = function() return creds("chain") end
+aws.env = function() return creds("env") end
+aws.imds = function() return creds("imds") end
+aws.ecs = function() return creds("ecs") end
+
+local static_check = record {
+  access_key_id = { text, required = true }, secret_access_key = { text, required = true }, session_token = text,
+}
+aws.static = api("mg.aws.static", function(t)
+  local c = static_check(t)
+  return creds("static", c)
+end)
+
+local file_creds_check = record({ path = text, profile = text, config_file = text },
+  { credentials_file = "path" })
+aws.file = api("mg.aws.file", function(t)
+  local c = file_creds_check(t or {})
+  return creds("profile", { credentials_file = c.path, profile = c.profile, config_file = c.config_file })
+end)
+aws.profile = api("mg.aws.profile", function(t)
+  if type(t) == "string" then t = { name = t } end
+  local c = record { name = text, credentials_file = text, config_file = text } (t or {})
+  return creds("profile", { profile = c.name, credentials_file = c.credentials_file, config_file = c.config_file })
+end)
+
+local web_identity_check = record { role_arn = text, token_file = text, session_name = text, sts_region = text,
+  sts_endpoint = text }
+aws.web_identity = api("mg.aws.web_identity", function(t)
+  local c = web_identity_check(t or {})
+  return creds("web_identity", { role_arn = c.role_arn, web_identity_token_file = c.token_file,
+    role_session_name = c.session_name, sts_region = c.sts_region, sts_endpoint = c.sts_endpoint })
+end)
+
+aws.process = api("mg.aws.process", function(t)
+  if type(t) == "string" then t = { command = t } end
+  local c = record { command = { text, required = true } } (t)
+  return creds("process", { process = c.command })
+end)
+
+local assume_role_check = record {
+  role_arn = { text, required = true }, external_id = text, session_name = text,
+  duration = duration, sts_region = text, sts_endpoint = text, source = creds_arg,
+}
+aws.assume_role = api("mg.aws.assume_role", function(t)
+  local c = assume_role_check(t)
+  if c.duration and (c.duration < 900000 or c.duration > 43200000) then
+    bad("duration", "must be between 15m and 12h (STS limits)")
+  end
+  return creds("assume_role", { role_arn = c.role_arn, external_id = c.external_id,
+    role_session_name = c.session_name, duration_s = c.duration and math.floor(c.duration / 1000) or nil,
+    sts_region = c.sts_region, sts_endpoint = c.sts_endpoint, source = c.source })
+end)
+M.aws = aws
+
+local ws_check = record(with(rw_fields, {
+  region = text,
+  service = text,
+  credentials = creds_arg,
+}), rw_aliases)
 M.workspace = api("mg.workspace", function(t)
-  if t.credentials ~= nil then bad("credentials", SIGV4_LATER) end
-  if t.region ~= nil then bad("region", SIGV4_LATER) end
-  return remote_write(rw_check(t))
+  local w = ws_check(t)
+  for _, k in ipairs { "basic_auth", "authorization", "bearer_token", "bearer_token_file" } do
+    if w[k] ~= nil then bad(k, "a workspace is signed with SigV4: use credentials = mg.aws...") end
+  end
+  w.sigv4 = { region = w.region, service = w.service, credentials = w.credentials or aws.chain() }
+  return remote_write(w)
 end)
 
 local stdout_check = record { name = name_str }

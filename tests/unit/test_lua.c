@@ -109,8 +109,9 @@ static const char full_script[] =
     "assert(tostring(prom) == \"moongate.Destination(remote_write prom)\")\n"
     "assert(getmetatable(prom) == \"moongate.Destination\")\n"
     "assert(not pcall(function() prom.name = \"x\" end))\n"
-    "local ws = mg.workspace { name = \"ws\", url = \"https://example.com/api/v1/write\",\n"
-    "  authorization = { credentials_file = \"/tok\" } }\n"
+    "local ws = mg.workspace { name = \"ws\", url = \"https://example.com/api/v1/write\", region = \"eu-west-1\",\n"
+    "  credentials = mg.aws.assume_role { role_arn = \"arn:aws:iam::2:role/w\", external_id = \"e\",\n"
+    "    duration = \"1h\", source = mg.aws.file { path = \"/c\", profile = \"p\" } } }\n"
     "local c = mg.stdout { name = \"console\" }\n"
     "local f = mg.file { path = \"/tmp/x.prom\" }\n"
     "assert(c.kind == \"stdout\" and f.kind == \"file\" and f.name == \"file\" and ws.kind == \"remote_write\")\n";
@@ -198,8 +199,17 @@ MG_TEST(full_script_builds_the_plan) {
   CHECK(!d->send_metadata);
   CHECK_U64(d->metadata_send_interval_ms, 120000);
   CHECK_STR(c->dests[1]->name, "ws");
-  CHECK_STR(c->dests[1]->auth.credentials_file, "/tok");
-  CHECK_STR(c->dests[1]->auth.auth_type, "Bearer");
+  CHECK(c->dests[1]->sigv4.enabled);
+  CHECK_STR(c->dests[1]->sigv4.region, "eu-west-1");
+  const mg_conf_creds_t *cr = &c->dests[1]->sigv4.creds;
+  CHECK_INT(cr->kind, MG_CREDS_ASSUME_ROLE);
+  CHECK_STR(cr->role_arn, "arn:aws:iam::2:role/w");
+  CHECK_STR(cr->external_id, "e");
+  CHECK_U64(cr->duration_s, 3600);
+  REQUIRE(cr->source);
+  CHECK_INT(cr->source->kind, MG_CREDS_PROFILE);
+  CHECK_STR(cr->source->credentials_file, "/c");
+  CHECK_STR(cr->source->profile, "p");
   CHECK(c->dests[1]->queue.retry_on_http_429); /* untouched default */
   CHECK_INT(c->dests[2]->kind, MG_DEST_STDOUT);
   CHECK_STR(c->dests[2]->name, "console");
@@ -373,10 +383,11 @@ MG_TEST(argument_errors) {
       {"mg.stdout {}\nmg.stdout {}", "mg.stdout: field 'name': \"stdout\" is already the name of the destination declared at "},
       {"mg.file { name = \"f\" }", "mg.file: field 'path' is required"},
       {"mg.workspace { name = \"w\", url = \"https://h/w\", credentials = {} }",
-       "mg.workspace: field 'credentials': SigV4 signing arrives with the AWS issue; use mg.remote_write for unsigned "
-       "receivers"},
-      {"mg.workspace { name = \"w\", url = \"https://h/w\", region = \"us-east-1\" }",
-       "mg.workspace: field 'region': SigV4 signing arrives with the AWS issue; use mg.remote_write for unsigned receivers"},
+       "mg.workspace: field 'credentials': expected a credential source such as mg.aws.chain() or mg.aws.file{...}, "
+       "got table"},
+      {"mg.workspace { name = \"w\", url = \"https://h/w\", bearer_token = \"t\" }",
+       "mg.workspace: field 'bearer_token': a workspace is signed with SigV4: use credentials = mg.aws..."},
+      {"mg.aws.assume_role { external_id = \"x\" }", "mg.aws.assume_role: field 'role_arn' is required"},
       {"mg.log(\"loud\", \"x\")", "bad argument #1 to 'log' (invalid option 'loud')"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -133,12 +133,17 @@ MG_TEST(aws_walkthrough) {
   CHECK_U64(d->remote_timeout_ms, 30000);
   mg_conf_free(c);
 
-  /* The walkthrough signs with sigv4, which this version refuses by line. */
-  EXPECT_ERROR("remote_write:\n"
-               "  - url: https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write\n"
-               "    sigv4:\n"
-               "      region: us-east-1\n",
-               3, "remote_write[0].sigv4: not supported by this moongate version");
+  /* The walkthrough signs with sigv4: the default credential chain, which
+   * finds the file the SSM Agent keeps filled. */
+  int rc2 = load("remote_write:\n"
+                 "  - url: https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write\n"
+                 "    sigv4:\n"
+                 "      region: us-east-1\n",
+                 &c, &err);
+  REQUIRE(rc2 == 0);
+  CHECK(c->dests[0]->sigv4.enabled);
+  CHECK_INT(c->dests[0]->sigv4.creds.kind, MG_CREDS_CHAIN);
+  mg_conf_free(c);
 }
 
 /* What /work/shared/bench/run.sh writes. */
@@ -206,6 +211,44 @@ MG_TEST(bench_file) {
   mg_conf_free(c);
   EXPECT_ERROR("scrape_configs:\n  - job_name: a\n    relabel_configs:\n      - action: drop\n        regexp: x\n", 5,
                "scrape_configs[0].relabel_configs[0].regexp: unknown relabel_config field");
+}
+
+MG_TEST(sigv4_maps_onto_credential_sources) {
+  mg_conf_t *c;
+  mg_conf_error_t err;
+  /* The AWS blog's file: region only -> the default chain. */
+  int rc = load("remote_write:\n  - url: https://aps-workspaces.us-east-1.amazonaws.com/workspaces/ws-1/api/v1/remote_write\n"
+                "    sigv4: {region: us-east-1}\n",
+                &c, &err);
+  if (rc) MG_FAIL_("%u: %s", err.line, err.msg);
+  REQUIRE(rc == 0);
+  CHECK(c->dests[0]->sigv4.enabled);
+  CHECK_STR(c->dests[0]->sigv4.region, "us-east-1");
+  CHECK_STR(c->dests[0]->sigv4.service, "aps");
+  CHECK_INT(c->dests[0]->sigv4.creds.kind, MG_CREDS_CHAIN);
+  mg_conf_free(c);
+  /* role_arn on top of a profile, with moongate's external_id. */
+  rc = load("remote_write:\n  - url: https://x/api/v1/write\n"
+            "    sigv4: {region: eu-west-1, profile: ops, role_arn: 'arn:aws:iam::222:role/w', external_id: e1}\n",
+            &c, &err);
+  if (rc) MG_FAIL_("%u: %s", err.line, err.msg);
+  REQUIRE(rc == 0);
+  const mg_conf_creds_t *cr = &c->dests[0]->sigv4.creds;
+  CHECK_INT(cr->kind, MG_CREDS_ASSUME_ROLE);
+  CHECK_STR(cr->role_arn, "arn:aws:iam::222:role/w");
+  CHECK_STR(cr->external_id, "e1");
+  REQUIRE(cr->source);
+  CHECK_INT(cr->source->kind, MG_CREDS_PROFILE);
+  CHECK_STR(cr->source->profile, "ops");
+  mg_conf_free(c);
+  /* Static keys. */
+  rc = load("remote_write:\n  - url: https://x/api/v1/write\n"
+            "    sigv4: {region: us-east-1, access_key: AKIDEXAMPLE, secret_key: s3cr3t}\n",
+            &c, &err);
+  REQUIRE(rc == 0);
+  CHECK_INT(c->dests[0]->sigv4.creds.kind, MG_CREDS_STATIC);
+  CHECK_STR(c->dests[0]->sigv4.creds.access_key_id, "AKIDEXAMPLE");
+  mg_conf_free(c);
 }
 
 MG_TEST(every_field) {
@@ -422,7 +465,9 @@ MG_TEST(refusals_name_key_and_line) {
     uint32_t line;
     const char *msg;
   } r[] = {
-      {"    sigv4: {}\n", 3, "remote_write[0].sigv4: not supported by this moongate version"},
+      {"    sigv4: {region: us-east-1, use_fips: true}\n", 3,
+       "remote_write[0].sigv4.use_fips: not supported by this moongate version"},
+      {"    sigv4: {access_key: AKID}\n", 3, "remote_write[0].sigv4: access_key and secret_key go together"},
       {"    azuread: {cloud: AzurePublic}\n", 3, "remote_write[0].azuread: not supported by this moongate version"},
       {"    proxy_url: http://p\n", 3, "remote_write[0].proxy_url: not supported by this moongate version"},
       {"    send_exemplars: true\n", 3, "remote_write[0].send_exemplars: only false is supported: moongate sends no exemplars"},
@@ -871,7 +916,7 @@ MG_TEST(fuzz_seeds_import) {
   mg_conf_error_t err;
   CHECK_INT(mg_promyml_load(path, &c, &err), MG_ECONFIG);
   CHECK_INT(err.line, 8);
-  CHECK_STR(err.msg, "remote_write[0].sigv4: not supported by this moongate version");
+  CHECK_STR(err.msg, "remote_write[0].azuread: not supported by this moongate version");
 }
 
 /* Fail each allocation in turn: every failure is reported as MG_ENOMEM
