@@ -1,7 +1,7 @@
 /* mg_sigv4: AWS Signature Version 4 (header signing) for non-S3 services
  * (aps, sts, ec2): canonical request, string to sign, HMAC-SHA256 key chain.
- * Owns nothing but an optional derived-key cache. Pure: no libuv, no
- * sockets, no clock (the time is a parameter), no logging of secrets. */
+ * Holds no state between calls except the caller's optional key cache.
+ * Pure: no libuv, no sockets, no clock (time is a parameter), no logging. */
 #ifndef MG_SIGV4_H
 #define MG_SIGV4_H
 
@@ -91,13 +91,14 @@ typedef struct mg_sigv4_key_cache {
 } mg_sigv4_key_cache_t;
 
 void mg_sigv4_key_cache_init(mg_sigv4_key_cache_t *c);
-/* Wipes the derived key. Safe on an initialised or zeroed cache. */
+/* Wipes the whole entry (derived key included) and the counters. Safe on an
+ * initialised or zeroed cache; the cache may be reused after init. */
 void mg_sigv4_key_cache_cleanup(mg_sigv4_key_cache_t *c);
 
-/* Sign req with creds at req->unix_time and fill *out (on success the
- * derived key is in the cache, if any; the secret is nowhere in *out). cache may be NULL
- * (derive the key every time). debug, if not NULL, receives the canonical
- * request, a blank line, then the string to sign, for diagnosing a 403;
+/* Sign req with creds at req->unix_time and fill *out (the secret is
+ * nowhere in it). cache may be NULL (derive the key every time); on success
+ * it holds this request's derived key. debug, if not NULL, receives the
+ * canonical request, a blank line, then the string to sign (for a 403);
  * any x-amz-security-token value is shown as "<session token>" (the string
  * to sign still hashes the real canonical request); the secret never
  * appears. It is appended to; on error it may hold part of the text.
@@ -114,12 +115,12 @@ void mg_sigv4_key_cache_cleanup(mg_sigv4_key_cache_t *c);
  *
  * Errors: MG_EINVAL for a missing or malformed field (a method or header
  * name that is not an HTTP token, credentials, region or service outside
- * the limits above, no host header, a header the signer
- * adds itself given by the caller (authorization, x-amz-date, and
- * x-amz-security-token / x-amz-content-sha256 when the signer adds them),
- * a bad payload_sha256_hex, a time outside 1970-9999); MG_ETOOBIG when the
- * Authorization value exceeds MG_SIGV4_AUTHORIZATION_MAX or debug hits its
- * limit; MG_ENOMEM. On error *out is zeroed. */
+ * the limits above, no host header, a header the signer adds given by the
+ * caller: authorization, x-amz-date, and x-amz-security-token or
+ * x-amz-content-sha256 when the signer adds them; a bad payload_sha256_hex,
+ * a time outside 1970-9999); MG_ETOOBIG when the Authorization value does
+ * not fit MG_SIGV4_AUTHORIZATION_MAX or debug hits its limit; MG_ENOMEM.
+ * On error *out is zeroed. */
 int mg_sigv4_sign(mg_sigv4_key_cache_t *cache, const mg_sigv4_request_t *req,
                   const mg_sigv4_creds_t *creds, int flags, mg_sigv4_result_t *out,
                   mg_buf_t *debug);
