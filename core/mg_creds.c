@@ -3211,7 +3211,10 @@ static void on_root_done(void *ud, int err, mg_creds_value_t *v, const char *msg
    * value arrived); a failed forced refresh hands the old one out again
    * (better a 403 than nothing), and invalidate's rate limit applies. */
   if (forced || c->cur != before) c->rejected_pending = false;
-  if (c->again || c->want_force) {
+  /* Credentials were refused and replacing them failed: the retries (on
+   * the backoff timer) keep bypassing the caches until one succeeds. */
+  if (forced && err) c->want_force = true;
+  if (c->again) {
     c->again = false;
     request_refresh(c, 0);
   }
