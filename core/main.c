@@ -48,6 +48,7 @@ static const char usage[] =
     "  --drain-timeout DUR  on SIGTERM, keep sending for at most DUR; default 10s\n"
     "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n"
     "  --reload-token-file F  POST /-/reload then needs \"Authorization: Bearer <contents of F>\"\n"
+    "  --sigv4-debug        when AMP refuses a signature, log the canonical request and string to sign\n"
     "\n"
     "SIGHUP or POST /-/reload loads FILE again; a broken file leaves the running one in place.\n";
 
@@ -734,6 +735,8 @@ int main(int argc, char **argv) {
       tlabels[ntlabels++] = argv[++i];
     } else if (!strcmp(arg, "--reload-token-file") && val) {
       reload_token_file = val, i++;
+    } else if (!strcmp(arg, "--sigv4-debug")) {
+      mg_remote_write_sigv4_debug(true);
     } else if (!strcmp(arg, "--allow-unsafe-lua")) {
       allow_unsafe = 1;
     } else if (arg[0] == '-') {

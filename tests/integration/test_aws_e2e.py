@@ -190,6 +190,38 @@ end
     mg.stop(20)
 
 
+def bad_signature(c, h, fakes, world):
+    user = world.add_user("111111111111", "typo")
+    wrong = "x" * 40
+    target = h.add_server(mt.FakeTarget("good"))
+    script = h.write("sig.lua", f"""local mg = require "moongate"
+mg.workspace{{ name = "amp", url = "{fakes.amp_write_url}", region = "{REGION}",
+  credentials = mg.aws.static{{ access_key_id = "{user.akid}", secret_access_key = "{wrong}" }},
+  queue = {{ batch_send_deadline = "200ms" }} }}
+mg.scrape{{ job = "sig", interval = "500ms", timeout = "400ms", targets = {{ "{target.addr}" }} }}
+""")
+    port = mt.free_port()
+    data = h.path("sig-data")
+    os.makedirs(data, exist_ok=True)
+    mg = h.start("moongate-sig", [mt.MOONGATE_BIN, "run", script, "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                                  "--sigv4-debug", "--drain-timeout", "1s"], env={"HOME": h.dir})
+    mg.base = f"http://127.0.0.1:{port}"
+    mt.wait_http(mg.base + "/-/ready", 30)
+    mt.wait_for("the signature debug line", lambda: mt.log_events(mg.stderr(), "sigv4_debug"), 15)
+    ev = mt.log_events(mg.stderr(), "sigv4_debug")[0]
+    text = ev.get("canonical_request_and_string_to_sign", "")
+    rej = mt.log_events(mg.stderr(), "auth_rejected")
+    c.check("a refused signature is logged with AMP's message and the masked key id",
+            rej and "signature" in rej[0].get("message", "").lower() and rej[0].get("access_key_id", "")
+            .endswith("****"), str(rej[:1]))
+    c.check("--sigv4-debug shows the canonical request and the string to sign",
+            "POST" in text and "/api/v1/remote_write" in text and "AWS4-HMAC-SHA256" in text, text[:200])
+    c.check("the debug text does not contain the secret", wrong not in mg.stderr())
+    c.check("nothing is dropped for a refused signature",
+            own(mg, "moongate_remote_write_samples_dropped_total") == 0)
+    mg.stop(5)
+
+
 def main():
     c = mt.Checks()
     with mt.Harness("aws-e2e") as h:
@@ -198,7 +230,8 @@ def main():
         try:
             for name, fn in (("rotation", lambda: rotation(c, h, fakes, world)),
                              ("outage", lambda: outage(c, h, fakes, world)),
-                             ("two accounts", lambda: two_accounts(c, h, world))):
+                             ("two accounts", lambda: two_accounts(c, h, world)),
+                             ("bad signature", lambda: bad_signature(c, h, fakes, world))):
                 try:
                     fn()
                 except Exception as e:  # noqa: BLE001
