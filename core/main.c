@@ -49,6 +49,10 @@ static const char usage[] =
     "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n"
     "  --reload-token-file F  POST /-/reload then needs \"Authorization: Bearer <contents of F>\"\n"
     "  --sigv4-debug        when AMP refuses a signature, log the canonical request and string to sign\n"
+    "  --shard K/N          scrape only the targets whose hashmod(__address__, N) is K (K may be a\n"
+    "                       StatefulSet pod name such as moongate-2)\n"
+    "  --ha-cluster NAME --ha-replica NAME\n"
+    "                       add the cluster and __replica__ labels AMP uses to deduplicate an HA pair\n"
     "\n"
     "SIGHUP or POST /-/reload loads FILE again; a broken file leaves the running one in place.\n";
 
@@ -84,6 +88,39 @@ static void print_conf_error(const mg_conf_error_t *e) {
   if (e->line) fprintf(stderr, "%s:%u: %s\n", e->file, e->line, e->msg);
   else if (e->file[0]) fprintf(stderr, "%s: %s\n", e->file, e->msg);
   else fprintf(stderr, "%s\n", e->msg);
+}
+
+/* Scale-out options from the command line, applied to every plan loaded
+ * (start and reload). */
+static struct {
+  uint32_t shard_index, shard_count;
+  const char *ha_cluster, *ha_replica;
+} g_scale;
+
+/* "K/N", where K may be a StatefulSet pod name ending in -<ordinal>. */
+static int parse_shard(const char *s, uint32_t *k, uint32_t *n) {
+  const char *slash = strrchr(s, '/');
+  if (!slash || slash == s) return -1;
+  const char *d = slash;
+  while (d > s && d[-1] >= '0' && d[-1] <= '9') d--;
+  if (d == slash) return -1;
+  char *end;
+  unsigned long kv = strtoul(d, &end, 10), nv = strtoul(slash + 1, &end, 10);
+  if (*end || nv == 0 || nv > 100000 || kv >= nv) return -1;
+  *k = (uint32_t)kv;
+  *n = (uint32_t)nv;
+  return 0;
+}
+
+static int apply_scale(mg_conf_t *c) {
+  c->shard_index = g_scale.shard_index;
+  c->shard_count = g_scale.shard_count;
+  /* AMP deduplicates an HA pair by these two labels (as Cortex does):
+   * cluster names the pair, __replica__ the member. */
+  if (g_scale.ha_cluster && (mg_kvs_set(&c->external_labels, "cluster", g_scale.ha_cluster) != 0 ||
+                             mg_kvs_set(&c->external_labels, "__replica__", g_scale.ha_replica) != 0))
+    return MG_ENOMEM;
+  return 0;
 }
 
 /* Relabel rules are compiled by the engine; compile them here too so that
@@ -161,6 +198,7 @@ static int load_conf_quiet(const char *path, const char *listen, int allow_unsaf
     snprintf(err.msg, sizeof err.msg, "unknown kind of file: name a Lua script *.lua or a Prometheus config *.yml/*.yaml");
     rc = MG_EINVAL;
   }
+  if (rc == 0 && (rc = apply_scale(*out)) != 0) snprintf(err.msg, sizeof err.msg, "out of memory");
   if (rc == 0 && (rc = check_all_rules(*out, &err)) != 0) {
     mg_lua_hooks_free(*hooksp);
     *hooksp = NULL;
@@ -701,6 +739,7 @@ int main(int argc, char **argv) {
   const char *file = NULL, *listen = DEFAULT_LISTEN, *data_dir = "data";
   uint64_t drain_ms = DEFAULT_DRAIN_MS;
   int allow_unsafe = 0;
+  const char *shard = NULL, *ha_cluster = NULL, *ha_replica = NULL;
   const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4", *reload_token_file = NULL;
   char *tlabels[64];
   size_t ntlabels = 0;
@@ -735,6 +774,12 @@ int main(int argc, char **argv) {
       tlabels[ntlabels++] = argv[++i];
     } else if (!strcmp(arg, "--reload-token-file") && val) {
       reload_token_file = val, i++;
+    } else if (!strcmp(arg, "--shard") && val) {
+      shard = val, i++;
+    } else if (!strcmp(arg, "--ha-cluster") && val) {
+      ha_cluster = val, i++;
+    } else if (!strcmp(arg, "--ha-replica") && val) {
+      ha_replica = val, i++;
     } else if (!strcmp(arg, "--sigv4-debug")) {
       mg_remote_write_sigv4_debug(true);
     } else if (!strcmp(arg, "--allow-unsafe-lua")) {
@@ -749,6 +794,16 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  if ((ha_cluster != NULL) != (ha_replica != NULL)) {
+    fprintf(stderr, "--ha-cluster and --ha-replica go together\n");
+    return 2;
+  }
+  if (shard && parse_shard(shard, &g_scale.shard_index, &g_scale.shard_count) != 0) {
+    fprintf(stderr, "--shard %s: use K/N with 0 <= K < N (K may end a pod name: moongate-2/3)\n", shard);
+    return 2;
+  }
+  g_scale.ha_cluster = ha_cluster;
+  g_scale.ha_replica = ha_replica;
   if (!strcmp(cmd, "test")) {
     if (!file || !input) {
       fprintf(stderr, "moongate test: name a script or prometheus.yml and --input FILE\n\n%s", usage);

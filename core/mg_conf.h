@@ -176,6 +176,10 @@ typedef struct mg_conf {
   size_t njobs, jobs_cap;
   mg_conf_dest_t **dests;
   size_t ndests, dests_cap;
+  /* Scale-out (command line, not the file): this replica scrapes the
+   * targets whose hashmod of __address__ (after target relabeling) is
+   * shard_index out of shard_count; shard_count 0 = every target. */
+  uint32_t shard_index, shard_count;
   bool frozen;
 } mg_conf_t;
 

@@ -6,6 +6,7 @@
 #include "mg_scrape.h"
 
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1066,6 +1067,18 @@ static int target_start_labels(mg_labels_t *lb, const mg_conf_job_t *job, const 
 
 static void on_timer_closed(uv_handle_t *h) { target_unref(h->data); }
 
+/* Prometheus's hashmod: MD5 of the value, its last 8 bytes as a big-endian
+ * integer, modulo n. Every replica computes the same, so each target lands
+ * on exactly one of them. */
+static uint32_t shard_of(mg_str_t address, uint32_t n) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(address.p, address.n, md, &len, EVP_md5(), NULL);
+  uint64_t v = 0;
+  for (int i = 8; i < 16; i++) v = v << 8 | md[i];
+  return (uint32_t)(v % n);
+}
+
 static void on_meta_timer(uv_timer_t *h);
 
 /* A per-job metric, never NULL (a failed allocation yields the dummy). */
@@ -1170,6 +1183,11 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
                   mg_conf_parse_duration(d2, &to) != 0 || !iv || to > iv)) {
         MG_WARN("scrape", "target_invalid", "job=%s target=%s reason=\"after relabel_configs: empty __address__ or "
                 "bad __scrape_interval__/__scrape_timeout__\"", job->name, ct->address);
+        continue;
+      }
+      if (!rc && conf->shard_count > 1 &&
+          shard_of(mg_labels_get(&s->lb, MG_STR_LIT("__address__")), conf->shard_count) != conf->shard_index) {
+        MG_DEBUG("scrape", "target_other_shard", "job=%s target=%s", job->name, ct->address);
         continue;
       }
       target_t *t = rc ? NULL : target_new(s, job, jm, &s->lb, iv, to, &rc);
