@@ -26,6 +26,7 @@
 #include "mg_relabel.h"
 #include "mg_remote_write.h"
 #include "mg_scrape.h"
+#include "mg_status.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:9464"
 #define DEFAULT_DRAIN_MS 10000
@@ -70,6 +71,8 @@ typedef struct app {
   int allow_unsafe;
   char *reload_token; /* secret; NULL: /-/reload needs no token */
   mg_metric_t *m_reload_ok, *m_reload_ts, *m_reloads_failed;
+  int64_t started_ms, last_reload_ms;
+  char reload_error[1024];
   int ready;
   int stopping;
   size_t draining;
@@ -340,6 +343,7 @@ static int reload(app_t *a, char *msg, size_t msglen) {
              mg_log_q(q, sizeof q, msg, strlen(msg)));
     mg_metric_set(a->m_reload_ok, 0);
     mg_metric_inc(a->m_reloads_failed);
+    snprintf(a->reload_error, sizeof a->reload_error, "%s", msg);
     return rc;
   }
   mg_dest_t **dests = mg_calloc(conf->ndests ? conf->ndests : 1, sizeof *dests);
@@ -405,7 +409,9 @@ static int reload(app_t *a, char *msg, size_t msglen) {
   a->hooks = hooks;
   mg_scrape_start(scrape);
   mg_metric_set(a->m_reload_ok, 1);
-  mg_metric_set(a->m_reload_ts, (double)mg_wall_ms() / 1000.0);
+  a->last_reload_ms = mg_wall_ms();
+  a->reload_error[0] = '\0';
+  mg_metric_set(a->m_reload_ts, (double)a->last_reload_ms / 1000.0);
   MG_INFO("main", "reloaded", "config=%s jobs=%zu destinations=%zu", a->path, conf->njobs, conf->ndests);
   snprintf(msg, msglen, "reloaded");
   return 0;
@@ -415,6 +421,15 @@ static void on_reload(void *ud, int signum) {
   (void)signum;
   char msg[1024] = "";
   reload(ud, msg, sizeof msg);
+}
+
+static void h_status(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
+  app_t *a = ud;
+  (void)req;
+  mg_status_input_t in = {MG_VERSION, a->path,        a->started_ms, a->last_reload_ms, a->reload_error,
+                          a->scrape,  a->dests,       a->ndests,     mg_wall_ms()};
+  mg_http_sresp_header(resp, "Content-Type", "text/html; charset=utf-8");
+  if (mg_status_render(&resp->body, &in) != 0) resp->status = 500;
 }
 
 static void h_reload(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
@@ -676,7 +691,9 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
                                           "Reloads refused because the new configuration did not load.", NULL);
   if (!a.m_reload_ok || !a.m_reload_ts || !a.m_reloads_failed) goto out;
   mg_metric_set(a.m_reload_ok, 1);
-  mg_metric_set(a.m_reload_ts, (double)mg_wall_ms() / 1000.0);
+  a.started_ms = a.last_reload_ms = mg_wall_ms();
+  mg_metric_set(a.m_reload_ts, (double)a.started_ms / 1000.0);
+  mg_http_server_route(a.server, "GET", "/", h_status, &a);
 
   a.http = mg_http_client_new(&a.loop.uv, NULL);
   a.dests = mg_calloc(a.conf->ndests ? a.conf->ndests : 1, sizeof *a.dests);

@@ -71,6 +71,8 @@ struct mg_dest {
   mg_sigv4_key_cache_t keys;
   char *sig_host, *sig_path, *sig_query, *sig_region, *sig_service;
   mg_metric_t *m_auth_rejected;
+  char last_error[300];     /* for the status page; "" after a success */
+  int64_t last_success_ms;
   size_t queued_bytes;
   uint64_t pending_samples;
   /* lifecycle */
@@ -379,6 +381,27 @@ void mg_dest_flush(mg_dest_t *d) {
 
 uint64_t mg_dest_pending_samples(const mg_dest_t *d) { return d->pending_samples; }
 
+void mg_dest_info(const mg_dest_t *d, mg_dest_info_t *out) {
+  memset(out, 0, sizeof *out);
+  out->name = d->conf->name;
+  out->url = d->sink ? (d->conf->path ? d->conf->path : "stdout") : d->conf->url;
+  out->pending_samples = d->pending_samples;
+  out->queued_bytes = d->queued_bytes;
+  out->sent_samples = (uint64_t)d->m_sent->v;
+  out->last_success_ms = d->last_success_ms;
+  out->last_error = d->last_error;
+  out->shards = d->nshards;
+  if (d->creds) {
+    mg_creds_info_t ci;
+    mg_creds_describe(d->creds, &ci);
+    snprintf(out->creds_source, sizeof out->creds_source, "%s", ci.available ? ci.source : ci.last_error);
+    snprintf(out->creds_key, sizeof out->creds_key, "%s", ci.access_key_id);
+    out->creds_expires_ms = ci.expires_ms;
+    out->creds_available = ci.available;
+    out->signed_requests = true;
+  }
+}
+
 /* Retry-After: delay-seconds or an HTTP-date (RFC 9110). Returns ms, or 0. */
 static uint64_t parse_retry_after(const char *v) {
   if (!v) return 0;
@@ -451,12 +474,16 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
   if (!err && resp->status >= 200 && resp->status < 300) {
     mg_metric_add(d->m_sent, r->nsamples);
     mg_metric_add(d->m_bytes, (double)r->len);
-    mg_metric_set(d->m_last_success, (double)mg_wall_ms() / 1000.0);
+    d->last_success_ms = mg_wall_ms();
+    mg_metric_set(d->m_last_success, (double)d->last_success_ms / 1000.0);
+    d->last_error[0] = '\0';
     set_pending(d, -(int64_t)r->nsamples);
     s->attempts = 0;
     pop_head(s);
   } else if (err || resp->status >= 500 || (resp->status == 429 && d->conf->queue.retry_on_http_429)) {
     uint64_t ra = err ? 0 : parse_retry_after(mg_http_response_header(resp, "retry-after"));
+    if (err) snprintf(d->last_error, sizeof d->last_error, "%s: %s", mg_err_name(err), detail ? detail : "");
+    else snprintf(d->last_error, sizeof d->last_error, "HTTP %d (retrying)", resp->status);
     if (mg_log_ratelimit(&d->last_retry_log_ms, now, 10000)) {
       if (err)
         MG_WARN("remote_write", "send_failed", "destination=%s err=%s detail=\"%s\" attempt=%u", d->conf->name,
@@ -473,6 +500,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
      * rotation, a revoked key): never drop the batch for that. Force one
      * refresh and retry; until credentials work the batch stays queued. */
     mg_metric_inc(d->m_auth_rejected);
+    snprintf(d->last_error, sizeof d->last_error, "HTTP %d: credentials or signature refused (retrying)", resp->status);
     mg_creds_invalidate(d->creds, signed_with);
     char msg[MAX_ERROR_BODY_LOG + 16], mask[32];
     size_t n = resp->body ? resp->body->len : 0;
@@ -503,6 +531,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
       MG_ERROR("remote_write", "batch_rejected", "destination=%s status=%d samples=%u message=%s", d->conf->name,
                resp->status, r->nsamples, msg);
     mg_metric_add(d->m_drop_4xx, r->nsamples);
+    snprintf(d->last_error, sizeof d->last_error, "HTTP %d: batch rejected and dropped", resp->status);
     set_pending(d, -(int64_t)r->nsamples);
     s->attempts = 0;
     pop_head(s);

@@ -50,6 +50,22 @@ void mg_dest_flush(mg_dest_t *d);
 /* Samples accepted and not yet delivered (open batches + queue + in flight). */
 uint64_t mg_dest_pending_samples(const mg_dest_t *d);
 
+/* For the status page; strings borrowed until the next call. No secrets:
+ * the access key id is masked. */
+typedef struct mg_dest_info {
+  const char *name, *url;
+  uint64_t pending_samples, queued_bytes, sent_samples;
+  int64_t last_success_ms; /* 0 = never */
+  const char *last_error;  /* "" when the last request succeeded */
+  uint32_t shards;
+  bool signed_requests;    /* SigV4 */
+  bool creds_available;
+  char creds_source[520];  /* where credentials came from, or why there are none */
+  char creds_key[16];      /* "ASIA****" */
+  int64_t creds_expires_ms;
+} mg_dest_info_t;
+void mg_dest_info(const mg_dest_t *d, mg_dest_info_t *out);
+
 /* Shutdown: seal, keep sending until everything is delivered or
  * deadline_ms passed, then call done (deferred, exactly once). What is left
  * is counted as dropped with reason "shutdown" (the durable buffer of a

@@ -58,6 +58,8 @@ typedef struct target {
   mg_series_table_t series;
   mg_buf_t meta, meta_next; /* encoded MetricMetadata entries of the last good scrape */
   int up;                   /* -1 unknown, 0 down, 1 up */
+  int64_t last_scrape_ms;   /* wall clock of the last finished scrape */
+  double last_duration_s;
   unsigned long long last_fail_log_ms;
   char last_error[256];
   mg_http_header_t headers[3];
@@ -814,6 +816,8 @@ static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t
     return;
   }
   double duration = (double)(uv_hrtime() - t->start_ns) / 1e9;
+  t->last_scrape_ms = t->start_wall_ms;
+  t->last_duration_s = duration;
   char why[320];
   why[0] = '\0';
   int rc;
@@ -1288,6 +1292,20 @@ void mg_scrape_stop(mg_scrape_t *s) {
 }
 
 size_t mg_scrape_ntargets(const mg_scrape_t *s) { return s->ntargets; }
+
+void mg_scrape_target_info(const mg_scrape_t *s, size_t i, mg_scrape_target_info_t *out) {
+  const target_t *t = s->targets[i];
+  out->job = t->job->name;
+  out->url = t->url;
+  out->labels = t->labels;
+  out->nlabels = t->nlabels;
+  out->health = t->up;
+  out->last_scrape_ms = t->last_scrape_ms;
+  out->last_duration_s = t->last_duration_s;
+  out->last_error = t->last_error;
+  out->series = t->series.count;
+  out->interval_ms = t->interval_ms;
+}
 
 uint64_t mg_scrape_active_series(const mg_scrape_t *s) {
   uint64_t n = 0;

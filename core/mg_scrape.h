@@ -40,6 +40,21 @@ void mg_scrape_free(mg_scrape_t *s);
 /* Targets being scraped (after target relabeling dropped some). */
 size_t mg_scrape_ntargets(const mg_scrape_t *s);
 
+/* One target, for the status page. Strings borrowed until the next call
+ * into the engine. */
+typedef struct mg_scrape_target_info {
+  const char *job, *url;
+  const mg_label_t *labels; /* after target relabeling */
+  size_t nlabels;
+  int health;               /* 1 up, 0 down, -1 not scraped yet */
+  int64_t last_scrape_ms;   /* wall clock; 0 = never */
+  double last_duration_s;
+  const char *last_error;   /* "" when the last scrape succeeded */
+  size_t series;
+  uint64_t interval_ms;
+} mg_scrape_target_info_t;
+void mg_scrape_target_info(const mg_scrape_t *s, size_t i, mg_scrape_target_info_t *out);
+
 /* Live numbers for /metrics and status. */
 uint64_t mg_scrape_active_series(const mg_scrape_t *s);
 
