@@ -25,11 +25,16 @@ mg.scrape{{ job = "fleet", interval = "500ms", timeout = "400ms", targets = {{ {
             shard = f"moongate-{k}/{N}" if k == 1 else f"{k}/{N}"
             procs.append(mt.start_moongate(h, script, name=f"moongate{k}",
                                            extra=["--shard", shard, "--ha-cluster", "eu1", "--ha-replica", f"r{k}"]))
-        mt.wait_for("every target scraped", lambda: all(t.requests > 0 for t in targets), 20)
-        seen = collections.defaultdict(set)
-        for k, rx in enumerate(receivers):
-            for key in rx.find("up"):
-                seen[dict(key)["instance"]].add(k)
+        def instances():
+            seen = collections.defaultdict(set)
+            for k, rx in enumerate(receivers):
+                for key in rx.find("up"):
+                    seen[dict(key)["instance"]].add(k)
+            return seen
+        mt.wait_for("every target's up series delivered", lambda: len(instances()) == M, 20)
+        # A few more intervals: a second replica scraping a target would show now.
+        mt.wait_for("two more scrapes of every target", lambda: all(t.requests >= 3 for t in targets), 20)
+        seen = instances()
         once = [a for a, ks in seen.items() if len(ks) == 1]
         c.check(f"{M} targets over {N} replicas: each scraped by exactly one",
                 len(seen) == M and len(once) == M, {a: sorted(ks) for a, ks in seen.items()})
