@@ -70,7 +70,6 @@ struct mg_dest {
   bool creds_waiting;
   mg_sigv4_key_cache_t keys;
   char *sig_host, *sig_path, *sig_query, *sig_region, *sig_service;
-  mg_metric_t *m_auth_rejected;
   char last_error[300];     /* for the status page; "" after a success */
   int64_t last_success_ms;
   size_t queued_bytes;
@@ -224,10 +223,6 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
   d->m_drop_4xx = dropped_metric(n, "http_4xx");
   d->m_drop_shutdown = dropped_metric(n, "shutdown");
   d->m_drop_sink = dropped_metric(n, "sink_error");
-  d->m_auth_rejected = metric_or_dummy(mg_metrics_counter(
-      "moongate_remote_write_auth_rejections_total",
-      "Requests refused because of their credentials or signature (kept queued and retried).", "destination", n,
-      NULL));
   for (uint32_t i = 0; i < d->nshards; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
   return d;
 fail:
@@ -499,7 +494,15 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     /* The credentials or the signature were refused (expired token after a
      * rotation, a revoked key): never drop the batch for that. Force one
      * refresh and retry; until credentials work the batch stays queued. */
-    mg_metric_inc(d->m_auth_rejected);
+    /* Counted by AMP's error type (ExpiredTokenException, ...). */
+    const char *et = mg_http_response_header(resp, "x-amzn-errortype");
+    char type[64];
+    snprintf(type, sizeof type, "%.*s", et ? (int)strcspn(et, ":") : 7, et ? et : "unknown");
+    mg_metric_t *am = mg_metrics_counter("moongate_remote_write_auth_rejections_total",
+                                         "Requests refused because of their credentials or signature, by the "
+                                         "receiver's error type (kept queued and retried).",
+                                         "destination", d->conf->name, "type", type, NULL);
+    mg_metric_inc(am ? am : mg_metrics_dummy());
     snprintf(d->last_error, sizeof d->last_error, "HTTP %d: credentials or signature refused (retrying)", resp->status);
     mg_creds_invalidate(d->creds, signed_with);
     char msg[MAX_ERROR_BODY_LOG + 16], mask[32];
