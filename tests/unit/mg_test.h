@@ -67,11 +67,28 @@ extern int mg_test_failed_checks_;
       MG_FAIL_("%s == %s: \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)"); \
   } while (0)
 
+/* Print bytes readably (printable as is, the rest as \xNN), bounded. */
+static inline void mg_test_print_bytes_(const void *p, size_t n) {
+  const unsigned char *c = (const unsigned char *)p;
+  fputc('"', stderr);
+  for (size_t i = 0; i < n && i < 512; i++) {
+    if (c[i] >= 0x20 && c[i] < 0x7f && c[i] != '"' && c[i] != '\\') fputc(c[i], stderr);
+    else fprintf(stderr, "\\x%02x", c[i]);
+  }
+  fputs(n > 512 ? "\"..." : "\"", stderr);
+}
+
 #define CHECK_MEM(a, alen, b, blen)                                          \
   do {                                                                       \
     size_t al_ = (size_t)(alen), bl_ = (size_t)(blen);                       \
-    if (al_ != bl_ || memcmp((a), (b), al_) != 0)                            \
-      MG_FAIL_("%s == %s: \"%.*s\" != \"%.*s\"", #a, #b, (int)al_, (const char *)(a), (int)bl_, (const char *)(b)); \
+    if (al_ != bl_ || memcmp((a), (b), al_) != 0) {                          \
+      fprintf(stderr, "  %s:%d: %s == %s: ", __FILE__, __LINE__, #a, #b);    \
+      mg_test_print_bytes_((a), al_);                                        \
+      fputs(" != ", stderr);                                                 \
+      mg_test_print_bytes_((b), bl_);                                        \
+      fputc('\n', stderr);                                                   \
+      mg_test_failed_checks_++;                                              \
+    }                                                                        \
   } while (0)
 
 /* Fatal: stop the current test (return) on failure. */
