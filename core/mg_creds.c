@@ -2111,6 +2111,9 @@ static void proc_maybe_done(proc_node_t *pn) {
 }
 
 static void proc_kill(proc_node_t *pn) {
+  /* Once sh exited and nothing holds its pipes, the group is gone and its
+   * id may be reused: never signal it then. */
+  if (pn->exited && !pn->out_open && !pn->err_open) return;
   if (pn->proc.pid > 0) kill(-pn->proc.pid, SIGKILL); /* the group: sh and what it started */
   if (!pn->exited) uv_process_kill(&pn->proc, SIGKILL);
 }
@@ -3114,15 +3117,16 @@ static void notify(mg_creds_t *c, int err) {
   }
 }
 
-static void log_failure(mg_creds_t *c, int err, const char *msg, int64_t now, uint64_t retry_ms, bool valid) {
+static void log_failure(mg_creds_t *c, const char *kind, int err, const char *msg, int64_t now, uint64_t retry_ms,
+                        bool valid) {
   static const int64_t relog_ms = 600000; /* the same error is repeated every 10 minutes at most */
   bool settling = now - c->file_change_ms < SETTLE_MS;
   bool same = c->logged_error[0] && strcmp(c->logged_error, msg) == 0;
   char q[MSG_MAX + 64], until[32];
   mg_log_q(q, sizeof q, msg, strlen(msg));
   if (settling || (same && now - c->logged_ms < relog_ms)) {
-    MG_DEBUG(MOD, "credentials_refresh_failed", "creds=%s err=%s msg=%s retry_in_ms=%" PRIu64, c->name,
-             mg_err_name(err), q, retry_ms);
+    MG_DEBUG(MOD, "credentials_refresh_failed", "creds=%s source=%s err=%s msg=%s retry_in_ms=%" PRIu64, c->name,
+             kind, mg_err_name(err), q, retry_ms);
     return;
   }
   snprintf(c->logged_error, sizeof c->logged_error, "%s", msg);
@@ -3130,14 +3134,14 @@ static void log_failure(mg_creds_t *c, int err, const char *msg, int64_t now, ui
   if (valid) {
     fmt_time(c->cur->expires_ms, until, sizeof until);
     MG_WARN(MOD, "credentials_refresh_failed",
-            "creds=%s err=%s msg=%s current_valid_until=%s retry_in_ms=%" PRIu64
+            "creds=%s source=%s err=%s msg=%s current_valid_until=%s retry_in_ms=%" PRIu64
             " hint=\"still signing with the current credentials; retrying\"",
-            c->name, mg_err_name(err), q, until, retry_ms);
+            c->name, kind, mg_err_name(err), q, until, retry_ms);
   } else {
     MG_ERROR(MOD, "credentials_unavailable",
-             "creds=%s err=%s msg=%s retry_in_ms=%" PRIu64 " hint=\"writes wait in the queue until credentials "
-             "are available\"",
-             c->name, mg_err_name(err), q, retry_ms);
+             "creds=%s source=%s err=%s msg=%s retry_in_ms=%" PRIu64 " hint=\"writes wait in the queue until "
+             "credentials are available\"",
+             c->name, kind, mg_err_name(err), q, retry_ms);
   }
 }
 
@@ -3146,7 +3150,8 @@ static void refresh_failed(mg_creds_t *c, int err, const char *msg, int64_t now)
   c->failures++;
   c->last_failure_ms = now;
   snprintf(c->last_error, sizeof c->last_error, "%s", msg);
-  metric_refresh(c, c->fail_kind ? c->fail_kind : c->root->vt->kind, "failure");
+  const char *kind = c->fail_kind ? c->fail_kind : c->root->vt->kind;
+  metric_refresh(c, kind, "failure");
   bool valid = c->cur && now < c->cur->stale_ms_;
   /* Jittered exponential backoff; while the current credentials are still
    * valid, at least three more tries before they go stale. */
@@ -3160,7 +3165,7 @@ static void refresh_failed(mg_creds_t *c, int err, const char *msg, int64_t now)
   }
   d = d / 2 + rnd() % (d / 2 + 1);
   if (now - c->file_change_ms < SETTLE_MS && d > SETTLE_RETRY_MS) d = SETTLE_RETRY_MS;
-  log_failure(c, err, msg, now, d, valid);
+  log_failure(c, kind, err, msg, now, d, valid);
   uv_timer_start(&c->timer, on_timer, d, 0);
 }
 

@@ -71,7 +71,7 @@ static int flush(parser_t *p) {
   int rc = 0;
   if (pd->has && !pd->parent_emitted) {
     mg_str_t v = pd->continued ? mg_str_n(p->scratch.data, p->scratch.len) : pd->value;
-    rc = emit(p, MG_INI_PROPERTY, mg_str_n(NULL, 0), pd->key, v, pd->line);
+    rc = emit(p, MG_INI_PROPERTY, mg_str_n("", 0), pd->key, v, pd->line);
   }
   memset(pd, 0, sizeof *pd);
   return rc;
@@ -96,7 +96,7 @@ static int continuation(parser_t *p, mg_str_t text, uint32_t lineno) {
     if (r == -2) return fail(p, lineno, "empty sub-property name");
     int rc = 0;
     if (!pd->parent_emitted) {
-      rc = emit(p, MG_INI_PROPERTY, mg_str_n(NULL, 0), pd->key, mg_str_n(NULL, 0), pd->line);
+      rc = emit(p, MG_INI_PROPERTY, mg_str_n("", 0), pd->key, mg_str_n("", 0), pd->line);
       pd->parent_emitted = true;
     }
     pd->sub_mode = true;
@@ -126,7 +126,7 @@ static int parse_line(parser_t *p, mg_str_t line, uint32_t lineno) {
     p->section = trim(mg_str_n(s.p + 1, s.n - 2));
     if (memchr(p->section.p, '[', p->section.n) || memchr(p->section.p, ']', p->section.n))
       return fail(p, lineno, "section name contains '[' or ']'");
-    return emit(p, MG_INI_SECTION, mg_str_n(NULL, 0), mg_str_n(NULL, 0), mg_str_n(NULL, 0), lineno);
+    return emit(p, MG_INI_SECTION, mg_str_n("", 0), mg_str_n("", 0), mg_str_n("", 0), lineno);
   }
   mg_str_t k, v;
   int r = split_kv(cut_comment(t, true), &k, &v);

@@ -33,7 +33,7 @@ typedef struct mg_ini_item {
 
 /* Called once per item, in file order; a property is reported after its
  * continuation lines were read. Views are borrowed until the callback
- * returns. A non-zero return stops the parse and is returned as is. */
+ * returns; an empty view points at "" (never NULL). A non-zero return stops the parse and is returned as is. */
 typedef int (*mg_ini_cb)(void *ud, const mg_ini_item_t *item);
 
 /* Where a syntax error is: line (1-based) and a static message that never

@@ -363,13 +363,16 @@ class _Server:
                     status, hdrs, out = srv.handle(self, method)
                 except Exception as e:  # noqa: BLE001 - a fake bug is a 500, not a hang
                     status, hdrs, out = 500, {"Content-Type": "text/plain"}, f"fake error: {type(e).__name__}".encode()
-                self.send_response(status)
-                for k, v in hdrs.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                if method != "HEAD":
-                    self.wfile.write(out)
+                try:
+                    self.send_response(status)
+                    for k, v in hdrs.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    if method != "HEAD":
+                        self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (a cancelled request): normal
 
             def do_GET(self):
                 self._go("GET")

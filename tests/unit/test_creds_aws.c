@@ -142,6 +142,52 @@ MG_TEST(imds_off_ec2_is_quick) {
   tl_rm_rf(tl_home);
 }
 
+/* Freed while requests are in flight (IMDS hanging, STS slow): they are
+ * cancelled, nothing is called back, and the loop drains at once. */
+MG_TEST(free_with_requests_in_flight) {
+  REQUIRE_FAKES();
+  tl_clean_env();
+  unsetenv("AWS_EC2_METADATA_DISABLED");
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  REQUIRE(lfd >= 0 && bind(lfd, (struct sockaddr *)&a, sizeof a) == 0 && listen(lfd, 8) == 0 &&
+          getsockname(lfd, (struct sockaddr *)&a, &alen) == 0);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+  setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", url, 1);
+  env_t e;
+  mg_conf_creds_t conf = {.kind = MG_CREDS_IMDS};
+  mg_creds_opts_t o = {.imds_timeout_ms = 10000};
+  REQUIRE(start(&e, &conf, "inflight-test", &o));
+  mg_creds_waiter_t w = {0};
+  tl_waited_t r = {0, 0};
+  CHECK_INT(mg_creds_wait(e.c, &w, tl_on_wait, &r), 0);
+  tl_run_for(&e.loop, 200);
+  uint64_t t0 = tl_now_ms();
+  stop(&e);
+  CHECK(tl_now_ms() - t0 < 1000);
+  CHECK_INT(r.calls, 0); /* detached by free */
+  close(lfd);
+
+  char akid[64], secret[128];
+  tl_user("111111111111", akid, sizeof akid, secret, sizeof secret);
+  role("arn:aws:iam::222222222222:role/slow", "\"trusted\": [\"111111111111\"]");
+  set("{\"delay\": {\"sts\": 2}}");
+  mg_conf_creds_t src = {.kind = MG_CREDS_STATIC, .access_key_id = akid, .secret_access_key = secret};
+  mg_conf_creds_t ar = {.kind = MG_CREDS_ASSUME_ROLE, .role_arn = "arn:aws:iam::222222222222:role/slow",
+                        .sts_endpoint = tl_fk.sts, .source = &src};
+  REQUIRE(start(&e, &ar, "inflight-test", NULL));
+  tl_run_for(&e.loop, 300);
+  t0 = tl_now_ms();
+  stop(&e);
+  CHECK(tl_now_ms() - t0 < 1000);
+  set("{\"delay\": {\"sts\": 0}}");
+  tl_check_no_secrets(NULL);
+  tl_rm_rf(tl_home);
+}
+
 /* ------------------------------------------------------------ ECS / EKS Pod Identity */
 
 MG_TEST(ecs_full_uri_with_token_file) {
