@@ -2917,25 +2917,27 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
     char cfg[MSG_MAX] = "";
     if (!tf && !role) wn->not_configured = true;
     else if (!tf || !role)
-      snprintf(cfg, sizeof cfg, "web identity: %s is set but %s is not",
+      snprintf(cfg, sizeof cfg, "%s is set but %s is not",
                tf ? "the token file (AWS_WEB_IDENTITY_TOKEN_FILE)" : "the role (AWS_ROLE_ARN)",
                tf ? "the role (AWS_ROLE_ARN)" : "the token file (AWS_WEB_IDENTITY_TOKEN_FILE)");
     else if (sess && !session_name_ok(sess))
-      snprintf(cfg, sizeof cfg, "web identity: role session name must be 2-64 of A-Z a-z 0-9 _+=,.@-");
+      snprintf(cfg, sizeof cfg, "role session name must be 2-64 of A-Z a-z 0-9 _+=,.@-");
     if (!wn->not_configured && !cfg[0]) {
       rc = sts_resolve(c, conf->sts_endpoint, conf->sts_region, NULL, &wn->sts, cfg, sizeof cfg);
       if (rc == MG_ENOMEM) {
         node_free(&wn->base);
         return rc;
       }
+      rc = 0; /* a configuration error is in cfg: reported below or at fetch */
     }
-    if ((rc = dup_opt(&wn->token_file, tf)) || (rc = dup_opt(&wn->role_arn, role)) ||
+    if (tf && !(wn->token_file = expand_home(c, tf))) rc = MG_ENOMEM; /* "~/token" as the SDKs accept it */
+    if (rc || (rc = dup_opt(&wn->role_arn, role)) ||
         (rc = dup_opt(&wn->session_name, sess)) || (cfg[0] && (rc = dup_opt(&wn->cfg_error, cfg)))) {
       node_free(&wn->base);
       return rc;
     }
     if (!lenient && (wn->not_configured || wn->cfg_error)) {
-      msgf(msg, msgsz, "%s", cfg[0] ? cfg : "web identity: AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN must be set");
+      msgf(msg, msgsz, "web identity: %s", cfg[0] ? cfg : "AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN must be set");
       node_free(&wn->base);
       return MG_ECONFIG;
     }

@@ -707,7 +707,8 @@ class Control(_Server):
       POST /control/web_token {"ttl"}                      -> {"token"}
       POST /control/issue    {"role", "duration"}          -> {"access_key_id", "secret_access_key", "session_token", "expiration"}
       POST /control/set      {"imds_role", "imds_duration", "imds_refresh_before", "ecs_role", "ecs_duration",
-                              "ecs_auth", "amp_allowed", "clock_skew", "min_duration", "delay": {...}}
+                              "ecs_auth", "amp_allowed", "clock_skew", "min_duration", "delay": {...},
+                              "imds_tokens_expire": true}
       POST /control/fail     {"endpoint", "status", "code", "message", "times"}
       POST /control/revoke   {"access_key_id"}
       GET  /control/state                                  -> counters and AMP figures (no secrets)
@@ -751,6 +752,9 @@ class Control(_Server):
                 w.amp_allowed = set(doc["amp_allowed"]) if doc["amp_allowed"] is not None else None
             if "delay" in doc:
                 w.delay.update(doc["delay"])
+            if doc.get("imds_tokens_expire"):  # every IMDS session token ends now
+                with w.lock:
+                    w.imds_tokens.clear()
             return ok({})
         if path == "/control/fail":
             with w.lock:

@@ -322,6 +322,34 @@ MG_TEST(configuration_errors) {
   tl_rm_rf(tl_home);
 }
 
+/* A chain member that is set up but wrong stops the chain with its reason
+ * (as in the SDKs), instead of silently falling through to another identity. */
+MG_TEST(chain_with_a_misconfigured_source) {
+  tl_clean_env();
+  setenv("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token", 1);
+  setenv("AWS_ROLE_ARN", "arn:aws:iam::1:role/r", 1);
+  setenv("AWS_ENDPOINT_URL_STS", "http://sts.example.com", 1);
+  env_t e;
+  mg_conf_creds_t conf = {.kind = MG_CREDS_CHAIN};
+  mg_creds_opts_t o = fast_opts();
+  REQUIRE(start(&e, &conf, "misconf-test", &o));
+  CHECK_INT(tl_wait_refresh(&e.loop, e.c, 2000), MG_ECONFIG);
+  mg_creds_info_t info;
+  mg_creds_describe(e.c, &info);
+  CHECK_STR(info.last_error, "web_identity: STS endpoint http://sts.example.com: plain http is only allowed to "
+                             "loopback addresses");
+  stop(&e);
+  unsetenv("AWS_ENDPOINT_URL_STS");
+  setenv("AWS_ROLE_ARN", "", 1); /* empty is unset */
+  REQUIRE(start(&e, &conf, "misconf-test", &o));
+  CHECK_INT(tl_wait_refresh(&e.loop, e.c, 2000), MG_ECONFIG);
+  mg_creds_describe(e.c, &info);
+  CHECK_STR(info.last_error, "web_identity: the token file (AWS_WEB_IDENTITY_TOKEN_FILE) is set but the role "
+                             "(AWS_ROLE_ARN) is not");
+  stop(&e);
+  tl_rm_rf(tl_home);
+}
+
 /* ------------------------------------------------------------ the chain with nothing, then a file */
 
 typedef struct appear {
@@ -821,6 +849,7 @@ MG_TEST(process_cached_until_near_expiry) {
   REQUIRE(v);
   CHECK_INT(v->expires_ms, 0);
   mg_creds_value_unref(v);
+  p = (pw_t){e.c, 0, 0, "", 0};
   tl_run_until(&e.loop, pw_poll, &p, 1000, 1);
   CHECK_INT(count_lines(runs), 1);
   stop(&e);

@@ -88,6 +88,13 @@ MG_TEST(imds_v2) {
   CHECK_INT(tl_counter("imds_token") - tokens, 1);
   CHECK_INT(tl_counter("imds_creds") - creds, 2);
   mg_creds_value_unref(v2);
+  /* The session token expired early: one 401, one new token, no error. */
+  long unauthorized = tl_counter("imds_unauthorized");
+  set("{\"imds_tokens_expire\": true}");
+  mg_creds_invalidate(e.c, v);
+  CHECK_INT(tl_wait_refresh(&e.loop, e.c, 3000), 0);
+  CHECK_INT(tl_counter("imds_unauthorized") - unauthorized, 1);
+  CHECK_INT(tl_counter("imds_token") - tokens, 2);
   mg_creds_value_unref(v);
   stop(&e);
 
@@ -466,7 +473,9 @@ MG_TEST(profile_roles) {
                     "external_id = ext-7\nrole_session_name = moongate-profile\nduration_seconds = 1200\n"
                     "region = us-east-1\n"
                     "[profile ec2]\nrole_arn = arn:aws:iam::222222222222:role/from-ec2\n"
-                    "credential_source = Ec2InstanceMetadata\n";
+                    "credential_source = Ec2InstanceMetadata\n"
+                    "[profile wi]\nrole_arn = arn:aws:iam::444444444444:role/profile-irsa\n"
+                    "web_identity_token_file = ~/wi-token\nrole_session_name = from-profile\n";
   tl_write_in_place(config, cfg, strlen(cfg));
   setenv("AWS_ENDPOINT_URL_STS", tl_fk.sts, 1);
   setenv("AWS_PROFILE", "amp", 1);
@@ -511,6 +520,27 @@ MG_TEST(profile_roles) {
   snprintf(want, sizeof want, "assume-role arn:aws:iam::222222222222:role/from-ec2 via imds %s role ec2-base",
            tl_fk.imds);
   CHECK_STR(v->source, want);
+  mg_creds_value_unref(v);
+  stop(&e);
+
+  /* web_identity_token_file in a profile ("~/" is the home directory). */
+  role("arn:aws:iam::444444444444:role/profile-irsa", "\"web_identity\": true");
+  char tok[400], tokpath[300];
+  mg_buf_t b;
+  mg_buf_init(&b, 0);
+  tl_ctl_ok("/control/web_token", "{\"ttl\": 3600}", &b);
+  tl_json_get(b.data, "token", tok, sizeof tok);
+  tl_secret(tok);
+  mg_buf_cleanup(&b);
+  tl_path(tokpath, sizeof tokpath, "wi-token");
+  tl_write_in_place(tokpath, tok, strlen(tok));
+  conf.profile = "wi";
+  REQUIRE(start(&e, &conf, "profile-role-test", NULL));
+  v = tl_get(&e.loop, e.c, 5000);
+  REQUIRE(v);
+  CHECK_STR(v->source, "web-identity arn:aws:iam::444444444444:role/profile-irsa");
+  tl_key_info(v->access_key_id, "principal", owner, sizeof owner);
+  CHECK_STR(owner, "arn:aws:sts::444444444444:assumed-role/profile-irsa/from-profile");
   mg_creds_value_unref(v);
   stop(&e);
   tl_check_no_secrets(NULL);
