@@ -1211,7 +1211,8 @@ static void env_fetch(node_t *n, bool force) {
     return;
   }
   if (!e->access_key_id || !e->secret_access_key) {
-    node_failf(n, MG_ECREDS, "%s is set but %s is not", e->access_key_id ? "AWS_ACCESS_KEY_ID" : "AWS_SECRET_ACCESS_KEY",
+    node_failf(n, MG_ECREDS, "%s is set but %s is not",
+               e->access_key_id ? "AWS_ACCESS_KEY_ID" : "AWS_SECRET_ACCESS_KEY",
                e->access_key_id ? "AWS_SECRET_ACCESS_KEY" : "AWS_ACCESS_KEY_ID");
     return;
   }
@@ -1413,7 +1414,9 @@ static watch_t *watch_new(mg_creds_t *c, node_t *owner, const char *path) {
   if (!w) return NULL;
   w->path = mg_strdup(path);
   const char *slash = w->path ? strrchr(w->path, '/') : NULL;
-  w->dir = !w->path ? NULL : slash ? mg_strndup(w->path, slash == w->path ? 1 : (size_t)(slash - w->path)) : mg_strdup(".");
+  w->dir = !w->path ? NULL
+           : slash  ? mg_strndup(w->path, slash == w->path ? 1 : (size_t)(slash - w->path))
+                    : mg_strdup(".");
   w->base = !w->path ? NULL : mg_strdup(slash ? slash + 1 : w->path);
   if (!w->path || !w->dir || !w->base) {
     mg_free(w->path);
@@ -1797,8 +1800,9 @@ static int resolve_role(rctx_t *x, const prof_t *p, const pent_t *role, mg_conf_
     else pc->source->kind = k;
     goto out;
   }
-  msgf(x->msg, x->msgsz, "profile \"%s\" (%s): role_arn needs source_profile, credential_source or web_identity_token_file",
-       p->name, where(x, role, w, sizeof w));
+  msgf(x->msg, x->msgsz,
+       "profile \"%s\" (%s): role_arn needs source_profile, credential_source or web_identity_token_file", p->name,
+       where(x, role, w, sizeof w));
   rc = MG_ECREDS;
 out:
   if (rc) plan_free(pc);
@@ -1925,7 +1929,8 @@ static void profile_on_files(profile_node_t *pn) {
     goto fail;
   }
   if (half_written(pn->rcred, now, &age) || half_written(pn->rconf, now, &age)) {
-    msgf(msg, sizeof msg, "%s ends without a newline and changed less than a second ago: waiting for the writer to finish",
+    msgf(msg, sizeof msg,
+         "%s ends without a newline and changed less than a second ago: waiting for the writer to finish",
          half_written(pn->rcred, now, &age) ? pn->cred_path : pn->conf_path);
     rc = MG_EAGAIN;
     goto fail;
@@ -2444,7 +2449,8 @@ static void ecs_on_http(void *ud, int err, const char *detail, mg_http_response_
   mg_creds_value_t *v = NULL;
   char src[400];
   snprintf(src, sizeof src, "ecs %s", en->url);
-  int rc = mg_creds_parse_json(MG_CREDS_DOC_ECS, b->data ? b->data : "", b->len, wall_ms(), "ecs", src, &v, m, sizeof m);
+  int rc =
+      mg_creds_parse_json(MG_CREDS_DOC_ECS, b->data ? b->data : "", b->len, wall_ms(), "ecs", src, &v, m, sizeof m);
   hreq_release(&en->r);
   if (rc) {
     node_failf(n, rc, "container credentials endpoint %s: %s", en->url, m);
@@ -2777,8 +2783,8 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
   case MG_CREDS_CHAIN: {
     chain_node_t *ch = node_alloc(c, sizeof *ch, &chain_vt, "default chain");
     if (!ch) return MG_ENOMEM;
-    static const mg_creds_kind_t kinds[CHAIN_MAX] = {MG_CREDS_ENV, MG_CREDS_WEB_IDENTITY, MG_CREDS_PROFILE, MG_CREDS_ECS,
-                                                     MG_CREDS_IMDS};
+    static const mg_creds_kind_t kinds[CHAIN_MAX] = {MG_CREDS_ENV, MG_CREDS_WEB_IDENTITY, MG_CREDS_PROFILE,
+                                                     MG_CREDS_ECS, MG_CREDS_IMDS};
     for (size_t i = 0; i < CHAIN_MAX; i++) {
       mg_conf_creds_t k = {.kind = kinds[i], .sts_region = conf->sts_region, .sts_endpoint = conf->sts_endpoint};
       if ((rc = node_build(c, &k, false, true, depth, &ch->kids[i], msg, msgsz)) != 0) {
@@ -2874,7 +2880,8 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
     mg_buf_t url;
     mg_buf_init(&url, 4096);
     if (e->ecs_relative_uri) {
-      if (e->ecs_relative_uri[0] != '/') snprintf(cfg, sizeof cfg, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must start with '/'");
+      if (e->ecs_relative_uri[0] != '/')
+        snprintf(cfg, sizeof cfg, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must start with '/'");
       else rc = mg_buf_printf(&url, "%s%s", ECS_HOST, e->ecs_relative_uri);
     } else if (e->ecs_full_uri) {
       url_parts_t u;
@@ -2954,7 +2961,8 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
       msgf(msg, msgsz, "credential_process needs a command");
       return MG_ECONFIG;
     }
-    proc_node_t *pn = node_alloc(c, sizeof *pn, &proc_vt, in_plan && conf->profile ? conf->profile : "credential_process");
+    proc_node_t *pn =
+        node_alloc(c, sizeof *pn, &proc_vt, in_plan && conf->profile ? conf->profile : "credential_process");
     if (!pn) return MG_ENOMEM;
     pn->cmd = mg_strdup(conf->process);
     if (!pn->cmd) {

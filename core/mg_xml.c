@@ -189,7 +189,8 @@ static int parse_pi(parser_t *p, bool first) {
   mg_str_t target;
   int rc = parse_name(p, &target);
   if (rc) return rc;
-  bool is_xml = target.n == 3 && (target.p[0] | 0x20) == 'x' && (target.p[1] | 0x20) == 'm' && (target.p[2] | 0x20) == 'l';
+  bool is_xml =
+      target.n == 3 && (target.p[0] | 0x20) == 'x' && (target.p[1] | 0x20) == 'm' && (target.p[2] | 0x20) == 'l';
   if (is_xml && (!first || memcmp(target.p, "xml", 3) != 0)) return fail(p, "misplaced XML declaration");
   if (p->i < p->n && !is_space(p->s[p->i]) && !at(p, "?>")) return fail(p, "bad processing instruction");
   for (;;) {

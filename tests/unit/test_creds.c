@@ -115,7 +115,8 @@ MG_TEST(parse_json_documents) {
       {MG_CREDS_DOC_PROCESS, "{\"Version\": 1, \"SecretAccessKey\": \"SECRETSECRET\"}", MG_ECREDS,
        "AccessKeyId is missing"},
       {MG_CREDS_DOC_PROCESS,
-       "{\"Version\": 1, \"AccessKeyId\": \"AKIA1\", \"AccessKeyId\": \"AKIA2\", \"SecretAccessKey\": \"SECRETSECRET\"}",
+       "{\"Version\": 1, \"AccessKeyId\": \"AKIA1\", \"AccessKeyId\": \"AKIA2\", \"SecretAccessKey\": "
+       "\"SECRETSECRET\"}",
        MG_EPARSE, "a credential field appears twice"},
       {MG_CREDS_DOC_PROCESS, "{\"Version\": 1, \"AccessKeyId\": 5, \"SecretAccessKey\": \"SECRETSECRET\"}", MG_EPARSE,
        "a credential field is not a string"},
@@ -272,19 +273,24 @@ MG_TEST(configuration_errors) {
     mg_conf_creds_t conf;
     const char *msg;
   } cases[] = {
-      {{.kind = MG_CREDS_STATIC, .access_key_id = "AKIA1"}, "static credentials need access_key_id and secret_access_key"},
+      {{.kind = MG_CREDS_STATIC, .access_key_id = "AKIA1"},
+       "static credentials need access_key_id and secret_access_key"},
       {{.kind = MG_CREDS_STATIC, .access_key_id = "AKIA 1", .secret_access_key = "secretvalueSECRETX"},
        "static configuration: access key id is empty, too long or has characters other than A-Z a-z 0-9 - _ ."},
       {{.kind = MG_CREDS_STATIC, .access_key_id = "AKIA1", .secret_access_key = "secret valueSECRETX"},
        "static configuration: secret access key is empty, longer than 256 bytes or not printable ASCII"},
       {{.kind = MG_CREDS_ENV}, "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set"},
       {{.kind = MG_CREDS_ASSUME_ROLE}, "assume_role needs role_arn"},
-      {{.kind = MG_CREDS_ASSUME_ROLE, .role_arn = "arn:aws:iam::1:role/r", .sts_endpoint = "http://sts.example.com",
+      {{.kind = MG_CREDS_ASSUME_ROLE,
+        .role_arn = "arn:aws:iam::1:role/r",
+        .sts_endpoint = "http://sts.example.com",
         .source = &src},
        "plain http is only allowed to loopback addresses"},
       {{.kind = MG_CREDS_ASSUME_ROLE, .role_arn = "arn:aws:iam::1:role/r", .role_session_name = "a b"},
        "role_session_name must be 2-64 of"},
-      {{.kind = MG_CREDS_ASSUME_ROLE, .role_arn = "arn:aws:iam::1:role/r", .sts_region = "Not A Region",
+      {{.kind = MG_CREDS_ASSUME_ROLE,
+        .role_arn = "arn:aws:iam::1:role/r",
+        .sts_region = "Not A Region",
         .source = &src},
        "STS region \\\"Not A Region\\\" is not a region name"},
       {{.kind = MG_CREDS_ECS}, "plain http is only allowed to loopback addresses and the ECS/EKS agents"},
@@ -528,7 +534,8 @@ MG_TEST(profile_files_formats_and_errors) {
       mg_creds_value_unref(v);
     } else {
       int want_err = cases[i].err == MG_ENOTFOUND ? MG_ECREDS : cases[i].err;
-      if (rc != want_err) MG_FAIL_("case %zu: rc %s want %s (%s)", i, mg_err_name(rc), mg_err_name(want_err), info.last_error);
+      if (rc != want_err)
+        MG_FAIL_("case %zu: rc %s want %s (%s)", i, mg_err_name(rc), mg_err_name(want_err), info.last_error);
       if (!strstr(info.last_error, want)) MG_FAIL_("case %zu: \"%s\" lacks \"%s\"", i, info.last_error, want);
       tl_check_no_secrets(info.last_error);
     }
@@ -653,7 +660,8 @@ MG_TEST(profile_half_written_file_is_never_used) {
   tl_path(dir, sizeof dir, ".aws");
   tl_path(cred, sizeof cred, ".aws/credentials");
   tl_mkdir(dir);
-  const char *old = "[default]\naws_access_key_id = AKIAOLDKEY0000001\naws_secret_access_key = oldsecret00000000000000001\n";
+  const char *old =
+      "[default]\naws_access_key_id = AKIAOLDKEY0000001\naws_secret_access_key = oldsecret00000000000000001\n";
   tl_write_in_place(cred, old, strlen(old));
   tl_secret("oldsecret00000000000000001");
   tl_secret("newsecret00000000000000000000000002");
@@ -902,7 +910,8 @@ MG_TEST(process_failures_and_timeout) {
     mg_creds_info_t info;
     mg_creds_describe(e.c, &info);
     if (rc != cases[i].err) MG_FAIL_("case %zu: %s (%s)", i, mg_err_name(rc), info.last_error);
-    if (!strstr(info.last_error, cases[i].msg)) MG_FAIL_("case %zu: \"%s\" lacks \"%s\"", i, info.last_error, cases[i].msg);
+    if (!strstr(info.last_error, cases[i].msg))
+      MG_FAIL_("case %zu: \"%s\" lacks \"%s\"", i, info.last_error, cases[i].msg);
     tl_check_no_secrets(info.last_error);
     stop(&e);
   }

@@ -343,9 +343,10 @@ MG_TEST(assume_role_into_a_second_account) {
   conf.external_id = "wrong";
   REQUIRE(start(&e, &conf, "assume-test", NULL));
   CHECK_INT(tl_wait_refresh(&e.loop, e.c, 5000), MG_ECREDS);
-  CHECK_STR(last_error(e.c), "STS AssumeRole: HTTP 403 AccessDenied: User: arn:aws:iam::111111111111:user/moongate is "
-                             "not authorized to perform: sts:AssumeRole on resource: "
-                             "arn:aws:iam::222222222222:role/amp-writer (role arn:aws:iam::222222222222:role/amp-writer)");
+  CHECK_STR(last_error(e.c),
+            "STS AssumeRole: HTTP 403 AccessDenied: User: arn:aws:iam::111111111111:user/moongate is "
+            "not authorized to perform: sts:AssumeRole on resource: "
+            "arn:aws:iam::222222222222:role/amp-writer (role arn:aws:iam::222222222222:role/amp-writer)");
   stop(&e);
 
   /* Chained: 111 -> 222 -> 333. */
@@ -586,7 +587,8 @@ MG_TEST(default_chain_order) {
       tl_path(path, sizeof path, ".aws");
       tl_mkdir(path);
       tl_path(path, sizeof path, ".aws/credentials");
-      const char *t = "[default]\naws_access_key_id = AKIACHAINFILE001\naws_secret_access_key = chainfilesecret0000001\n";
+      const char *t =
+          "[default]\naws_access_key_id = AKIACHAINFILE001\naws_secret_access_key = chainfilesecret0000001\n";
       tl_write_in_place(path, t, strlen(t));
       tl_secret("chainfilesecret0000001");
     }

@@ -53,16 +53,17 @@ MG_TEST(xml_sts_answers) {
                    "  </ResponseMetadata>\n"
                    "</AssumeRoleResponse>\n";
   CHECK_INT(parse(ok, &out, &err), 0);
-  CHECK_STR(out.data,
-            "AssumeRoleResponse/AssumeRoleResult/SourceIdentity=DevUser123\n"
-            "AssumeRoleResponse/AssumeRoleResult/AssumedRoleUser/Arn=arn:aws:sts::123456789012:assumed-role/demo/John\n"
-            "AssumeRoleResponse/AssumeRoleResult/AssumedRoleUser/AssumedRoleId=ARO123EXAMPLE123:John\n"
-            "AssumeRoleResponse/AssumeRoleResult/Credentials/SessionToken=AQoDYXdzEPT//////////wEXAMPLE\n"
-            "AssumeRoleResponse/AssumeRoleResult/Credentials/SecretAccessKey=wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY\n"
-            "AssumeRoleResponse/AssumeRoleResult/Credentials/Expiration=2019-11-09T13:34:41Z\n"
-            "AssumeRoleResponse/AssumeRoleResult/Credentials/AccessKeyId=ASIAIOSFODNN7EXAMPLE\n"
-            "AssumeRoleResponse/AssumeRoleResult/PackedPolicySize=8\n"
-            "AssumeRoleResponse/ResponseMetadata/RequestId=c6104cbe-af31-11e0-8154-cbc7ccf896c7\n");
+  CHECK_STR(
+      out.data,
+      "AssumeRoleResponse/AssumeRoleResult/SourceIdentity=DevUser123\n"
+      "AssumeRoleResponse/AssumeRoleResult/AssumedRoleUser/Arn=arn:aws:sts::123456789012:assumed-role/demo/John\n"
+      "AssumeRoleResponse/AssumeRoleResult/AssumedRoleUser/AssumedRoleId=ARO123EXAMPLE123:John\n"
+      "AssumeRoleResponse/AssumeRoleResult/Credentials/SessionToken=AQoDYXdzEPT//////////wEXAMPLE\n"
+      "AssumeRoleResponse/AssumeRoleResult/Credentials/SecretAccessKey=wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY\n"
+      "AssumeRoleResponse/AssumeRoleResult/Credentials/Expiration=2019-11-09T13:34:41Z\n"
+      "AssumeRoleResponse/AssumeRoleResult/Credentials/AccessKeyId=ASIAIOSFODNN7EXAMPLE\n"
+      "AssumeRoleResponse/AssumeRoleResult/PackedPolicySize=8\n"
+      "AssumeRoleResponse/ResponseMetadata/RequestId=c6104cbe-af31-11e0-8154-cbc7ccf896c7\n");
   const char *bad = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n"
                     "<ErrorResponse xmlns='https://sts.amazonaws.com/doc/2011-06-15/'>\r\n"
                     "  <Error>\r\n    <Type>Sender</Type>\r\n    <Code>ExpiredToken</Code>\r\n"
