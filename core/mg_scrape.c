@@ -122,8 +122,12 @@ struct mg_scrape {
  * write_relabel_configs (external labels included). */
 #define BLOCK_STAGE1 0xffu
 
-/* Route ids below this are the fixed ones of mg_series.h. */
-#define ROUTE_FIRST 3
+/* Dropped by metric_relabel_configs (not counted in
+ * scrape_samples_post_metric_relabeling, unlike drops by hooks or write
+ * relabeling). */
+#define ROUTE_METRIC_DROP 3
+/* Route ids below this are fixed (mg_series.h and the one above). */
+#define ROUTE_FIRST 4
 /* Route ids fit in the 14 bits mg_series leaves for them. */
 #define MAX_ROUTES (0x3fffu - ROUTE_FIRST)
 
@@ -210,32 +214,50 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
                (int)(pl->name.n > 40 ? 40 : pl->name.n), pl->name.p, (unsigned long long)job->label_value_length_limit);
       return -1;
     }
-    if (v.n == 0) continue;
+    /* Empty values stay until the merge: honor_labels asks whether the
+     * page has the label at all, as Prometheus does (lset.Has). */
     parsed[np] = (mg_label_t){pl->name, v};
     if (mg_str_cmp(parsed[np - 1].name, pl->name) >= 0) sorted = 0;
     np++;
   }
   if (!sorted) qsort(parsed, np, sizeof *parsed, label_cmp);
 
-  /* Merge parsed (P) with target labels (T). */
-  size_t n = 0, i = 0, j = 0;
-  int renamed = 0;
+  /* Merge parsed (P) with target labels (T). On a name in both, with
+   * honor_labels the page's label wins (an empty one removes it);
+   * otherwise the target's wins and a non-empty page value is kept under
+   * exported_<name>, resolved below. */
+  size_t n = 0, i = 0, j = 0, nconf = 0;
+  mg_label_t conflicts[MAX_TARGET_LABELS];
   const mg_label_t *tl = t->labels;
   size_t nt = t->nlabels;
   while (i < np || j < nt) {
     int cmp = i >= np ? 1 : j >= nt ? -1 : mg_str_cmp(parsed[i].name, tl[j].name);
     if (cmp < 0) {
-      out[n++] = parsed[i++];
+      if (parsed[i].value.n) out[n++] = parsed[i];
+      i++;
     } else if (cmp > 0) {
       out[n++] = tl[j++];
     } else if (job->honor_labels) {
-      out[n++] = parsed[i++];
-      j++;
+      if (parsed[i].value.n) out[n++] = parsed[i];
+      i++, j++;
     } else {
-      /* Conflict: the target's label wins and the scraped one is kept as
-       * exported_<name> (prefixed again while that name is taken). */
       out[n++] = tl[j++];
-      mg_str_t name = parsed[i].name;
+      if (parsed[i].value.n) conflicts[nconf++] = parsed[i];
+      i++;
+    }
+  }
+  if (nconf) {
+    /* Prometheus's order: shortest name first; each takes the first
+     * exported_…<name> not used by the page, the target, or an earlier
+     * conflict. */
+    for (size_t x = 1; x < nconf; x++)
+      for (size_t y = x; y > 0 && conflicts[y].name.n < conflicts[y - 1].name.n; y--) {
+        mg_label_t tmp = conflicts[y];
+        conflicts[y] = conflicts[y - 1];
+        conflicts[y - 1] = tmp;
+      }
+    for (size_t x = 0; x < nconf; x++) {
+      mg_str_t name = conflicts[x].name;
       for (;;) {
         size_t need = 9 + name.n;
         if (s->scratch.cap - s->scratch.len < need) {
@@ -250,14 +272,14 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
         int taken = 0;
         for (size_t k = 0; k < np && !taken; k++) taken = mg_str_eq(parsed[k].name, name);
         for (size_t k = 0; k < nt && !taken; k++) taken = mg_str_eq(tl[k].name, name);
+        for (size_t k = 0; k < x && !taken; k++) taken = mg_str_eq(conflicts[k].name, name);
         if (!taken) break;
       }
-      parsed[i].name = name;
-      out[n++] = parsed[i++];
-      renamed = 1;
+      conflicts[x].name = name;
+      out[n++] = conflicts[x];
     }
+    qsort(out, n, sizeof *out, label_cmp);
   }
-  if (renamed) qsort(out, n, sizeof *out, label_cmp);
   if (job->label_limit && n > job->label_limit) {
     snprintf(c->err, sizeof c->err, "series has %zu labels, over label_limit %llu", n,
              (unsigned long long)job->label_limit);
@@ -355,9 +377,14 @@ static void stage_commit(mg_scrape_t *s) {
 
 static uint64_t route_mask(const mg_scrape_t *s, uint16_t route) {
   unsigned id = MG_SERIES_ROUTE_ID(route);
-  if (id == MG_SERIES_ROUTE_DROP) return 0;
+  if (id == MG_SERIES_ROUTE_DROP || id == ROUTE_METRIC_DROP) return 0;
   if (id >= ROUTE_FIRST && id - ROUTE_FIRST < s->nroutes) return s->route_masks[id - ROUTE_FIRST];
   return s->all_dests;
+}
+
+static bool route_dropped(uint16_t route) {
+  unsigned id = MG_SERIES_ROUTE_ID(route);
+  return id == MG_SERIES_ROUTE_DROP || id == ROUTE_METRIC_DROP;
 }
 
 /* The route id of a destination set (few distinct sets exist: they are
@@ -489,9 +516,11 @@ static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t
   const mg_label_t *labels = built;
   size_t n = nbuilt;
   mg_series_decision_t d = {s->all_dests, NULL, 0, NULL};
+  bool metric_dropped = false;
   if (t->jm->metric_relabel) {
     int k = apply_rules(t->jm->metric_relabel, &s->lb, labels, n);
     if (k <= 0) {
+      metric_dropped = true;
       d.dests = 0;
       d.reason = k < 0 ? "metric_relabel_configs failed (limits)" : "dropped by metric_relabel_configs";
     } else {
@@ -531,6 +560,7 @@ static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t
   if (!d.dests && !*reason) *reason = "dropped by write_relabel_configs";
   uint16_t route;
   if (!rc) rc = route_for(s, d.dests, &route);
+  if (!rc && metric_dropped) route = ROUTE_METRIC_DROP;
   if (rc == MG_EFULL) {
     snprintf(c->err, sizeof c->err, "too many distinct destination sets (%u)", MAX_ROUTES);
     return rc;
@@ -578,13 +608,39 @@ static int stage_decided(scrape_ctx_t *c, const mg_series_entry_t *e, uint64_t h
  * metric relabeling do not apply to them, as in Prometheus). */
 static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
   target_t *t = c->t;
+  mg_scrape_t *s = t->s;
   mg_label_t out[MAX_TARGET_LABELS * 2 + 1];
   size_t n = 0;
   out[n++] = (mg_label_t){MG_STR_LIT("__name__"), mg_str(name)};
-  for (size_t i = 0; i < t->nlabels; i++) out[n++] = t->labels[i];
+  /* As Prometheus builds report series: for each target label in order,
+   * exported_<name> is set to the (absent) scraped value, i.e. removed,
+   * then <name> is set. So a target label exported_X vanishes when X is a
+   * later target label (job after exported_job). */
+  for (size_t i = 0; i < t->nlabels; i++) {
+    mg_str_t nm = t->labels[i].name;
+    for (size_t k = 0; k < n; k++)
+      if (out[k].name.n == nm.n + 9 && memcmp(out[k].name.p, "exported_", 9) == 0 &&
+          memcmp(out[k].name.p + 9, nm.p, nm.n) == 0) {
+        out[k] = out[--n];
+        break;
+      }
+    out[n++] = t->labels[i];
+  }
   qsort(out, n, sizeof *out, label_cmp);
+  uint64_t hash = mg_series_hash(name, strlen(name), 0), shared = s->all_dests;
+  int rc = 0;
   c->synthetic = 1;
-  int rc = stage(c, mg_series_hash(name, strlen(name), 0), t->s->all_dests, out, n, v, c->ts_ms);
+  /* Write relabeling applies to everything sent, synthetic series too.
+   * Five series per scrape: computed each time, not cached. */
+  for (size_t d = 0; d < s->ndests && !rc; d++) {
+    if (!s->write_relabel[d]) continue;
+    shared &= ~((uint64_t)1 << d);
+    mg_label_t full[MAX_SERIES_LABELS];
+    size_t nf = with_external(s, out, n, full);
+    if (apply_rules(s->write_relabel[d], &s->lb_write, full, nf) == 1)
+      rc = stage_final(c, hash, (uint64_t)1 << d, s->lb_write.v, s->lb_write.n, v, c->ts_ms);
+  }
+  if (!rc && shared) rc = stage(c, hash, shared, out, n, v, c->ts_ms);
   c->synthetic = 0;
   return rc;
 }
@@ -660,7 +716,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   if (!is_new && !undecided && (e->route & MG_SERIES_ROUTE_REWRITTEN) &&
       find_block(mg_series_extra(&t->series, e), BLOCK_STAGE1, &blk)) {
     /* Rewritten labels are cached: the body's labels are not needed. */
-  } else if (MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP || is_new || undecided) {
+  } else if (!route_dropped(e->route) || is_new || undecided) {
     int nb = build_labels(c, ps, built);
     if (nb < 0) return MG_EPARSE;
     labels = built;
@@ -670,7 +726,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     /* New, or known but its decision was forgotten by a reload. */
     int rc = decide(c, e, ps, is_new, built, n, &reason);
     if (rc) return rc;
-    if (is_new && MG_SERIES_ROUTE_ID(e->route) != MG_SERIES_ROUTE_DROP) {
+    if (is_new && !route_dropped(e->route)) {
       mg_str_t b1;
       const mg_label_t *l1 = built;
       size_t n1 = n;
@@ -681,7 +737,8 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
       if (remember_fresh(c, h, l1, n1) != 0) return MG_ENOMEM;
     }
   }
-  if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP) {
+  if (MG_SERIES_ROUTE_ID(e->route) != ROUTE_METRIC_DROP) c->post_relabel++;
+  if (route_dropped(e->route)) {
     if (s->trace) {
       mg_label_t full[MAX_SERIES_LABELS];
       size_t nf = labels ? with_external(s, labels, n, full) : 0;
@@ -689,7 +746,6 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     }
     return 0;
   }
-  c->post_relabel++;
   int64_t ts = (job->honor_timestamps && ps->has_timestamp) ? ps->timestamp_ms : c->ts_ms;
   return stage_decided(c, e, h, labels, n, ps->value, ts);
 }
@@ -700,7 +756,7 @@ static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
   scrape_ctx_t *c = ud;
   /* Dropped series were never written; pending ones were first seen by a
    * scrape that failed, so they were never written either. */
-  if (MG_SERIES_ROUTE_ID(e->route) == MG_SERIES_ROUTE_DROP || (e->route & MG_SERIES_ROUTE_PENDING)) return;
+  if (route_dropped(e->route) || (e->route & MG_SERIES_ROUTE_PENDING)) return;
   mg_scrape_t *s = c->t->s;
   mg_str_t blk;
   if ((e->route & MG_SERIES_ROUTE_REWRITTEN) && find_block(mg_series_extra(&c->t->series, e), BLOCK_STAGE1, &blk)) {
@@ -967,35 +1023,46 @@ static int take_target_labels(target_t *t, const mg_labels_t *tl, mg_str_t addre
 }
 
 /* The scrape URL from the relabeled target: __scheme__, __address__,
- * __metrics_path__, and the job's params with __param_<name> overriding
- * every value of <name>. */
+ * __metrics_path__, and the job's params where __param_<name> replaces the
+ * first value of <name> (or adds it), encoded sorted by name, values in
+ * order: exactly how Prometheus builds a target's URL. */
 static int target_url(mg_buf_t *u, const mg_conf_job_t *job, const mg_labels_t *tl) {
   mg_str_t scheme = mg_labels_get(tl, MG_STR_LIT("__scheme__"));
   mg_str_t addr = mg_labels_get(tl, MG_STR_LIT("__address__"));
   mg_str_t path = mg_labels_get(tl, MG_STR_LIT("__metrics_path__"));
   int rc = mg_buf_printf(u, "%.*s://%.*s%.*s", (int)scheme.n, scheme.p, (int)addr.n, addr.p, (int)path.n, path.p);
-  char sep = memchr(path.p, '?', path.n) ? '&' : '?';
-  for (size_t i = 0; !rc && i < job->params.n; i++) {
-    char pname[300];
-    snprintf(pname, sizeof pname, "__param_%s", job->params.v[i].name);
-    if (mg_labels_get(tl, mg_str(pname)).n) continue; /* overridden below */
-    rc |= mg_buf_append_byte(u, (unsigned char)sep);
-    sep = '&';
-    rc |= url_append_escaped(u, job->params.v[i].name);
-    rc |= mg_buf_append_byte(u, '=');
-    rc |= url_append_escaped(u, job->params.v[i].value);
-  }
-  for (size_t i = 0; !rc && i < tl->n; i++) {
+  size_t np = 0, cap = job->params.n + tl->n;
+  mg_label_t *pp = mg_mallocarray(cap ? cap : 1, sizeof *pp);
+  if (!pp) return MG_ENOMEM;
+  for (size_t i = 0; i < job->params.n; i++)
+    pp[np++] = (mg_label_t){mg_str(job->params.v[i].name), mg_str(job->params.v[i].value)};
+  for (size_t i = 0; i < tl->n; i++) {
     if (!mg_str_has_prefix(tl->v[i].name, "__param_")) continue;
+    mg_str_t name = mg_str_n(tl->v[i].name.p + 8, tl->v[i].name.n - 8);
+    size_t k = 0;
+    while (k < np && !mg_str_eq(pp[k].name, name)) k++;
+    if (k < np) pp[k].value = tl->v[i].value;
+    else pp[np++] = (mg_label_t){name, tl->v[i].value};
+  }
+  /* Stable: values of one name keep their order. */
+  for (size_t x = 1; x < np; x++)
+    for (size_t y = x; y > 0 && mg_str_cmp(pp[y].name, pp[y - 1].name) < 0; y--) {
+      mg_label_t tmp = pp[y];
+      pp[y] = pp[y - 1];
+      pp[y - 1] = tmp;
+    }
+  char sep = memchr(path.p, '?', path.n) ? '&' : '?';
+  for (size_t i = 0; !rc && i < np; i++) {
     char name[300], value[4096];
-    snprintf(name, sizeof name, "%.*s", (int)(tl->v[i].name.n - 8), tl->v[i].name.p + 8);
-    snprintf(value, sizeof value, "%.*s", (int)tl->v[i].value.n, tl->v[i].value.p);
+    snprintf(name, sizeof name, "%.*s", (int)pp[i].name.n, pp[i].name.p);
+    snprintf(value, sizeof value, "%.*s", (int)pp[i].value.n, pp[i].value.p);
     rc |= mg_buf_append_byte(u, (unsigned char)sep);
     sep = '&';
     rc |= url_append_escaped(u, name);
     rc |= mg_buf_append_byte(u, '=');
     rc |= url_append_escaped(u, value);
   }
+  mg_free(pp);
   return rc ? MG_ETOOBIG : 0;
 }
 
