@@ -489,7 +489,8 @@ typedef struct rxp {
   rlevel_t *lv;
   size_t depth;
   bool last_repeat;
-  bool top_alt; /* '|' at the top level: matches need not span the subject */
+  bool top_alt;   /* '|' at the top level: matches need not span the subject */
+  bool end_multi; /* the closing $ was read under (?m) (a ")(?m)(" regex) */
   uint32_t ncap;
   char **names; /* [cap], NULL for unnamed */
   size_t names_cap;
@@ -1145,6 +1146,7 @@ static int rx_parse(rxp_t *x) {
     case '$':
       atom_begin(x);
       atom_needs_group(x);
+      if (x->i == x->n - 1) x->end_multi = x->flags & RF_MULTI;
       x->i++;
       rc = emit(x, x->flags & RF_MULTI ? "(?m:$)" : "\\z");
       break;
@@ -1262,7 +1264,7 @@ static int rx_build(cctx_t *cc, const char *regex, bool compile, rx_t *r, char *
   mg_free(x.lv);
   mg_buf_cleanup(&wrapped);
   r->ncap = x.ncap;
-  r->whole = !x.top_alt;
+  r->whole = !x.top_alt && !x.end_multi;
   if (!rc) {
     r->names = mg_calloc(x.ncap + 1, sizeof *r->names);
     if (!r->names) rc = MG_ENOMEM;
