@@ -799,20 +799,24 @@ static void read_checkpoint(mg_wal_t *w, ckpt_t *ck) {
   close(fd);
   const char *problem = NULL;
   uint32_t nt = n >= (ssize_t)CKPT_HDR ? get32(b + 12) : 0, nr = n >= (ssize_t)CKPT_HDR ? get32(b + 16) : 0;
-  const unsigned char *tp = b + CKPT_HDR, *rp = tp + 8 * (size_t)nt;
   if (n < 0) problem = "size";
   else if (n < (ssize_t)(CKPT_HDR + 4) || memcmp(b, ckpt_magic, 8) != 0) problem = "magic";
   else if (get32(b + 8) != CKPT_VERSION) problem = "version";
   else if (nt > MG_WAL_MAX_SHARDS || nr > CKPT_RANGES || (size_t)n != CKPT_HDR + 8 * (size_t)nt + 16 * (size_t)nr + 4)
     problem = "size";
   else if (crc(b, (size_t)n - 4) != get32(b + n - 4)) problem = "checksum";
-  else if (get64(b + 20) >= MAX_ID || get64(b + 28) >= MAX_ID) problem = "range";
+  /* Nothing may be claimed at or above its next_id: the ids this run
+   * appends start there, and a claim on them would lose them. */
+  uint64_t next = n >= (ssize_t)CKPT_HDR ? get64(b + 28) : 0;
+  /* (offsets only once the size is known to match) */
+  const unsigned char *tp = b + CKPT_HDR, *rp = problem ? tp : tp + 8 * (size_t)nt;
+  if (!problem && (next >= MAX_ID || get64(b + 20) > next)) problem = "range";
   for (uint32_t t = 0; !problem && t < nt; t++)
-    if (get64(tp + 8 * t) >= MAX_ID) problem = "range";
+    if (get64(tp + 8 * t) > next) problem = "range";
   /* Ranges ascending and disjoint (ck_done searches them). */
   for (uint32_t i = 0; !problem && i < nr; i++) {
     uint64_t f = get64(rp + 16 * i), l = get64(rp + 16 * i + 8);
-    if (f > l || l >= MAX_ID || (i > 0 && f <= get64(rp + 16 * (i - 1) + 8))) problem = "range";
+    if (f > l || l >= next || (i > 0 && f <= get64(rp + 16 * (i - 1) + 8))) problem = "range";
   }
   if (problem) {
     MG_WARN("wal", "checkpoint_invalid", "wal=%s problem=%s hint=\"records are sent again from the oldest segment\"",
@@ -922,6 +926,7 @@ typedef struct scan {
  * format) stays on disk untouched: new names go above it, and no
  * checkpoint claims its ids as finished. */
 static void left_alone(mg_wal_t *w, scan_t *sc, uint64_t name) {
+  w->st.unreadable_segments++;
   if (name + 1 > sc->min_next) sc->min_next = name + 1;
   if (name < w->protect_from) w->protect_from = name;
 }

@@ -115,6 +115,10 @@ typedef struct mg_wal_stats {
    * corrupt_samples counts only the records whose header survived. */
   uint64_t corrupt_records, corrupt_samples, corrupt_bytes;
   uint64_t torn_bytes; /* incomplete tails cut off by open (crash during an append) */
+  /* Segment files open could not read (permissions, I/O error, a newer
+   * format) and left untouched; acks at or above the lowest one's first id
+   * are then not persisted (those records may be sent again). */
+  uint64_t unreadable_segments;
   uint64_t write_errors, sync_errors; /* failed appends, failed fsyncs or checkpoints */
   int last_errno;                     /* errno of the last failure, 0 if none */
   bool degraded;                      /* the last append failed (disk full, read-only, …) */

@@ -852,6 +852,35 @@ MG_TEST(bad_checkpoint_means_resend) {
   mg_wal_stats(w, &st);
   CHECK_U64(st.recovered_records, 10);
   mg_wal_close(w);
+  /* A well-formed checkpoint that claims ids at or above its own next_id
+   * (which the next appends would get) is refused as a whole. */
+  unsigned char b[36 + 16 + 4] = {'M', 'G', 'W', 'A', 'L', 'C', 'K', 'P', 1, 0, 0, 0, 0, 0, 0, 0, 1};
+  b[20] = 1;  /* acked_below */
+  b[28] = 3;  /* next_id */
+  b[36] = 2;  /* range [2, 100] */
+  b[44] = 100;
+  uint32_t c = (uint32_t)crc32_z(0, b, 52);
+  for (int i = 0; i < 4; i++) b[52 + i] = (unsigned char)(c >> (8 * i));
+  FILE *f = fopen(ck, "wb");
+  REQUIRE(f);
+  fwrite(b, 1, sizeof b, f);
+  fclose(f);
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  mg_wal_stats(w, &st);
+  CHECK_U64(st.recovered_records, 10);
+  mg_wal_close(w);
+  b[44] = 2; /* range [2, 2]: valid, record 2 is acked */
+  c = (uint32_t)crc32_z(0, b, 52);
+  for (int i = 0; i < 4; i++) b[52 + i] = (unsigned char)(c >> (8 * i));
+  f = fopen(ck, "wb");
+  REQUIRE(f);
+  fwrite(b, 1, sizeof b, f);
+  fclose(f);
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  mg_wal_stats(w, &st);
+  CHECK_U64(st.recovered_records, 9);
+  CHECK_U64(st.next_id, 11);
+  mg_wal_close(w);
   rm_rf(root);
 }
 
