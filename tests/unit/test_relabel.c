@@ -304,6 +304,19 @@ static const mcase_t match_cases[] = {
     {"(?i:A)a", "aA", false},
     {"(?i)k", "\xe2\x84\xaa", true}, /* KELVIN SIGN folds to k */
     {"(?i)s", "\xc5\xbf", true},     /* LATIN SMALL LETTER LONG S */
+    /* Go's simple-fold orbits with three or more members */
+    {"(?i)\xcf\x82", "\xce\xa3", true},         /* final sigma ~ SIGMA */
+    {"(?i)\xcf\x82", "\xcf\x83", true},         /* final sigma ~ sigma */
+    {"(?i)\xc3\x9f", "\xe1\xba\x9e", true},     /* sharp s ~ capital sharp s */
+    {"(?i)\xc2\xb5", "\xce\x9c", true},         /* micro ~ MU */
+    {"(?i)\xc3\xa5", "\xe2\x84\xab", true},     /* a ring ~ ANGSTROM SIGN */
+    {"(?i)\xce\xb8", "\xcf\x91", true},         /* theta ~ theta symbol */
+    {"(?i)\xce\xb9", "\xe1\xbe\xbe", true},     /* iota ~ prosgegrammeni */
+    {"(?i)[^k]", "\xe2\x84\xaa", false},
+    {"(?i)[^\xcf\x83]", "\xcf\x82", false},
+    {"(?i)[^\xcf\x83]", "x", true},
+    {"(?i)i", "\xc4\xb1", false},               /* no Turkish folding */
+    {"(?i)i", "\xc4\xb0", false},
     {"(?i)[a-c]+", "ABC", true},
     {"(?i)\\w", "\xe2\x84\xaa", true},
     {"(?i)\\W", "\xe2\x84\xaa", false},
