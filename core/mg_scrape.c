@@ -76,6 +76,7 @@ struct mg_scrape {
   target_t **targets;
   size_t ntargets;
   job_metrics_t *jms;
+  size_t njobs; /* the plan may be gone once mg_scrape_free returned */
   mg_label_t ext[MAX_TARGET_LABELS]; /* external labels, sorted */
   size_t next;
   /* shared per-scrape state */
@@ -357,6 +358,13 @@ static int remember_fresh(scrape_ctx_t *c, uint64_t hash, const mg_label_t *l, s
 static int fresh_cmp(const void *a, const void *b) {
   uint64_t x = ((const struct fresh *)a)->labels_hash, y = ((const struct fresh *)b)->labels_hash;
   return x < y ? -1 : x > y;
+}
+
+/* Was a series with these labels first seen in this scrape (under other
+ * raw bytes)? s->fresh is sorted by then. */
+static bool is_fresh(const mg_scrape_t *s, uint64_t labels_hash) {
+  struct fresh key = {0, labels_hash};
+  return s->nfresh && bsearch(&key, s->fresh, s->nfresh, sizeof key, fresh_cmp);
 }
 
 static void stage_reset(mg_scrape_t *s) {
@@ -686,8 +694,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   if (c->stale_mode) {
     int n = build_labels(c, ps, built);
     if (n < 0) return 0; /* a key that no longer builds: nothing to mark */
-    struct fresh key = {0, labels_hash(built, (size_t)n)};
-    if (bsearch(&key, s->fresh, s->nfresh, sizeof key, fresh_cmp)) return 0;
+    if (is_fresh(s, labels_hash(built, (size_t)n))) return 0;
     return stage_decided(c, c->gone, h, built, (size_t)n, mg_wire_stale_nan(), c->ts_ms) ? MG_ENOMEM : 0;
   }
   c->samples++;
@@ -761,8 +768,7 @@ static void on_series_gone(void *ud, const mg_series_entry_t *e, mg_str_t key) {
   mg_str_t blk;
   if ((e->route & MG_SERIES_ROUTE_REWRITTEN) && find_block(mg_series_extra(&c->t->series, e), BLOCK_STAGE1, &blk)) {
     size_t n = decode_labels(blk, s->decoded, MAX_SERIES_LABELS);
-    struct fresh k = {0, labels_hash(s->decoded, n)};
-    if (!bsearch(&k, s->fresh, s->nfresh, sizeof k, fresh_cmp))
+    if (!is_fresh(s, labels_hash(s->decoded, n)))
       stage_decided(c, e, e->hash, NULL, 0, mg_wire_stale_nan(), c->ts_ms);
     return;
   }
@@ -827,7 +833,7 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
   }
   int ok = rc == 0;
   /* Staleness: series gone from a good scrape, or everything when down. */
-  if (ok) qsort(s->fresh, s->nfresh, sizeof *s->fresh, fresh_cmp);
+  if (ok && s->nfresh) qsort(s->fresh, s->nfresh, sizeof *s->fresh, fresh_cmp);
   mg_series_sweep(&t->series, !ok, on_series_gone, &c);
   if (ok) {
     for (size_t i = 0; i < s->nfresh; i++) {
@@ -1203,6 +1209,7 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   for (size_t j = 0; j < conf->njobs; j++) total += conf->jobs[j]->ntargets;
   s->targets = mg_calloc(total ? total : 1, sizeof *s->targets);
   s->jms = mg_calloc(conf->njobs ? conf->njobs : 1, sizeof *s->jms);
+  s->njobs = s->jms ? conf->njobs : 0;
   if (!s->targets || !s->jms) {
     *err = MG_ENOMEM;
     mg_scrape_free(s);
@@ -1477,7 +1484,7 @@ static void scrape_unref(mg_scrape_t *s) {
   mg_buf_cleanup(&s->extra);
   for (size_t d = 0; s->write_relabel && d < s->ndests; d++) mg_relabel_free(s->write_relabel[d]);
   mg_free(s->write_relabel);
-  for (size_t j = 0; s->jms && j < s->conf->njobs; j++) mg_relabel_free(s->jms[j].metric_relabel);
+  for (size_t j = 0; s->jms && j < s->njobs; j++) mg_relabel_free(s->jms[j].metric_relabel);
   mg_labels_cleanup(&s->lb);
   mg_labels_cleanup(&s->lb_write);
   mg_free(s->targets);

@@ -34,7 +34,8 @@ int mg_scrape_start(mg_scrape_t *s);
 /* Stop scheduling and cancel scrapes in flight (shutdown). Series already
  * handed to destinations stay there. */
 void mg_scrape_stop(mg_scrape_t *s);
-/* Free, after stop; memory goes in the last close callback. */
+/* Free, after stop; memory goes in the last close callback. The plan may
+ * be freed as soon as this returns (nothing reads it afterwards). */
 void mg_scrape_free(mg_scrape_t *s);
 
 /* Targets being scraped (after target relabeling dropped some). */
