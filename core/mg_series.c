@@ -3,19 +3,38 @@
  * an append-only store that is compacted when half of it is garbage. */
 #include "mg_series.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include <zlib.h>
 
 #include "mg_err.h"
 #include "mg_mem.h"
 
+#define BLOCK_RAW (64u << 10) /* seal the tail at this size */
+#define HOT_BIT 0x80000000u    /* key ref points into the hot store */
+
 void mg_series_init(mg_series_table_t *t) {
   memset(t, 0, sizeof *t);
-  mg_buf_init(&t->keys, UINT32_MAX);
+  mg_buf_init(&t->tail, BLOCK_RAW + 4096);
+  mg_buf_init(&t->unz, BLOCK_RAW + 4096);
+  mg_buf_init(&t->hot, HOT_BIT - 1);
+  t->unz_block = UINT32_MAX;
+}
+
+static void free_blocks(mg_series_table_t *t) {
+  for (uint32_t i = 0; i < t->nblocks; i++) mg_free(t->blocks[i].z);
+  mg_free(t->blocks);
+  t->blocks = NULL;
+  t->nblocks = t->blocks_cap = 0;
 }
 
 void mg_series_cleanup(mg_series_table_t *t) {
   mg_free(t->slots);
-  mg_buf_cleanup(&t->keys);
+  free_blocks(t);
+  mg_buf_cleanup(&t->tail);
+  mg_buf_cleanup(&t->unz);
+  mg_buf_cleanup(&t->hot);
   memset(t, 0, sizeof *t);
 }
 
@@ -70,49 +89,141 @@ static const unsigned char *get_varint(const unsigned char *p, size_t *v) {
   return p;
 }
 
-static int store_record(mg_series_table_t *t, mg_str_t key, const void *extra, size_t extra_n, uint32_t *off) {
-  unsigned char h1[10], h2[10];
-  size_t n1 = put_varint(h1, key.n), n2 = put_varint(h2, extra_n);
-  size_t at = t->keys.len;
-  if (mg_buf_reserve(&t->keys, n1 + key.n + n2 + extra_n)) return -1;
-  mg_buf_append(&t->keys, h1, n1);
-  mg_buf_append(&t->keys, key.p, key.n);
-  mg_buf_append(&t->keys, h2, n2);
-  mg_buf_append(&t->keys, extra, extra_n);
-  *off = (uint32_t)at;
+/* Deflate the tail into a sealed block (level 1: new series are the only
+ * cost, and level 1 already gets most of the ratio on exposition keys). */
+static int seal_tail(mg_series_table_t *t) {
+  if (t->nblocks == HOT_BIT >> 16) return -1; /* the ref format's limit: 2 GiB of keys */
+  if (t->nblocks == t->blocks_cap) {
+    uint32_t ncap = t->blocks_cap ? t->blocks_cap * 2 : 16;
+    mg_series_block_t *nb = mg_reallocarray(t->blocks, ncap, sizeof *nb);
+    if (!nb) return -1;
+    t->blocks = nb;
+    t->blocks_cap = ncap;
+  }
+  uLongf zlen = compressBound((uLong)t->tail.len);
+  unsigned char *z = mg_malloc(zlen);
+  if (!z) return -1;
+  if (compress2(z, &zlen, (const Bytef *)t->tail.data, (uLong)t->tail.len, 1) != Z_OK) {
+    mg_free(z);
+    return -1;
+  }
+  unsigned char *shrunk = mg_realloc(z, zlen);
+  if (shrunk) z = shrunk;
+  t->blocks[t->nblocks++] = (mg_series_block_t){z, (uint32_t)zlen, (uint32_t)t->tail.len, t->tail_live};
+  mg_buf_reset(&t->tail);
+  t->tail_live = 0;
   return 0;
 }
 
-mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e) {
+/* A new key goes to the tail; the ref is block index (the tail is block
+ * nblocks) << 16 | offset. */
+static int store_cold(mg_series_table_t *t, mg_str_t key, uint32_t *ref) {
+  unsigned char h[10];
+  size_t hn = put_varint(h, key.n);
+  if (hn + key.n > BLOCK_RAW) return -1; /* longer than any line the parser accepts */
+  if (t->tail.len + hn + key.n > BLOCK_RAW && seal_tail(t) != 0) return -1;
+  *ref = (uint32_t)t->nblocks << 16 | (uint32_t)t->tail.len;
+  mg_buf_append(&t->tail, h, hn);
+  mg_buf_append(&t->tail, key.p, key.n);
+  t->tail_live += (uint32_t)(hn + key.n);
+  t->cold_raw += hn + key.n;
+  return 0;
+}
+
+static int store_hot(mg_series_table_t *t, mg_str_t key, const void *extra, size_t extra_n, uint32_t *ref) {
+  unsigned char h1[10], h2[10];
+  size_t n1 = put_varint(h1, key.n), n2 = put_varint(h2, extra_n);
+  size_t at = t->hot.len;
+  if (mg_buf_reserve(&t->hot, n1 + key.n + n2 + extra_n)) return -1;
+  mg_buf_append(&t->hot, h1, n1);
+  mg_buf_append(&t->hot, key.p, key.n);
+  mg_buf_append(&t->hot, h2, n2);
+  mg_buf_append(&t->hot, extra, extra_n);
+  *ref = (uint32_t)at | HOT_BIT;
+  return 0;
+}
+
+/* The raw bytes of the block a cold ref lives in (decompressing a sealed
+ * block into the one-block cache), or NULL. */
+static const unsigned char *cold_block(mg_series_table_t *t, uint32_t block) {
+  if (block == t->nblocks) return (const unsigned char *)t->tail.data;
+  if (block > t->nblocks) return NULL;
+  if (t->unz_block != block) {
+    mg_series_block_t *b = &t->blocks[block];
+    mg_buf_reset(&t->unz);
+    if (!b->z || mg_buf_reserve(&t->unz, b->raw) != 0) return NULL;
+    uLongf rawlen = b->raw;
+    if (uncompress((Bytef *)t->unz.data, &rawlen, b->z, b->zlen) != Z_OK || rawlen != b->raw) return NULL;
+    t->unz.len = rawlen;
+    t->unz_block = block;
+  }
+  return (const unsigned char *)t->unz.data;
+}
+
+mg_str_t mg_series_key(const mg_series_table_t *tc, const mg_series_entry_t *e) {
+  mg_series_table_t *t = (mg_series_table_t *)tc; /* the decompression cache is not part of the value */
   size_t n;
-  const unsigned char *p = get_varint((const unsigned char *)t->keys.data + e->key, &n);
+  const unsigned char *p;
+  if (e->key & HOT_BIT) {
+    p = get_varint((const unsigned char *)t->hot.data + (e->key & ~HOT_BIT), &n);
+  } else {
+    const unsigned char *blk = cold_block(t, e->key >> 16);
+    if (!blk) return mg_str_n("", 0);
+    p = get_varint(blk + (e->key & 0xffffu), &n);
+  }
   return mg_str_n((const char *)p, n);
 }
 
 mg_str_t mg_series_extra(const mg_series_table_t *t, const mg_series_entry_t *e) {
-  mg_str_t k = mg_series_key(t, e);
+  if (!(e->key & HOT_BIT)) return mg_str_n("", 0);
   size_t n;
-  const unsigned char *p = get_varint((const unsigned char *)k.p + k.n, &n);
+  const unsigned char *p = get_varint((const unsigned char *)t->hot.data + (e->key & ~HOT_BIT), &n);
+  p = get_varint(p + n, &n);
   return mg_str_n((const char *)p, n);
 }
 
-/* Whole record size, for garbage accounting and compaction. */
-static size_t record_size(const mg_series_table_t *t, const mg_series_entry_t *e) {
-  mg_str_t x = mg_series_extra(t, e);
-  return (size_t)(x.p + x.n - (t->keys.data + e->key));
+/* Account a record as garbage in its store. */
+static void drop_record(mg_series_table_t *t, const mg_series_entry_t *e) {
+  if (e->key & HOT_BIT) {
+    size_t n;
+    const unsigned char *start = (const unsigned char *)t->hot.data + (e->key & ~HOT_BIT);
+    const unsigned char *p = get_varint(start, &n);
+    p = get_varint(p + n, &n);
+    t->hot_garbage += (size_t)(p + n - start);
+    return;
+  }
+  uint32_t block = e->key >> 16;
+  const unsigned char *blk = cold_block(t, block);
+  size_t n = 0;
+  const unsigned char *start = blk ? blk + (e->key & 0xffffu) : NULL;
+  size_t size = start ? (size_t)(get_varint(start, &n) - start) + n : 0;
+  t->cold_garbage += size;
+  if (block == t->nblocks) {
+    t->tail_live -= (uint32_t)size;
+  } else if (block < t->nblocks && (t->blocks[block].live -= (uint32_t)size) == 0) {
+    /* Nothing left in it: free the compressed bytes now. */
+    mg_free(t->blocks[block].z);
+    t->blocks[block].z = NULL;
+    t->cold_garbage -= t->blocks[block].raw;
+    t->cold_raw -= t->blocks[block].raw;
+    if (t->unz_block == block) t->unz_block = UINT32_MAX;
+  }
 }
 
 int mg_series_set_extra(mg_series_table_t *t, mg_series_entry_t *e, const void *p, size_t n) {
-  /* The key view points into the store that the append may move: copy the
-   * record's position, not the pointer. */
-  size_t old = record_size(t, e);
   mg_str_t k = mg_series_key(t, e);
-  size_t koff = (size_t)(k.p - t->keys.data), kn = k.n;
-  if (mg_buf_reserve(&t->keys, kn + n + 20)) return MG_ENOMEM;
-  uint32_t off;
-  store_record(t, mg_str_n(t->keys.data + koff, kn), p, n, &off);
-  t->garbage += old;
-  e->key = off;
+  /* The key may live in the hot store the append can move, or in the
+   * decompression cache: copy it out first. */
+  char stack[1024];
+  char *copy = k.n <= sizeof stack ? stack : mg_malloc(k.n);
+  if (!copy) return MG_ENOMEM;
+  memcpy(copy, k.p, k.n);
+  uint32_t ref;
+  int rc = store_hot(t, mg_str_n(copy, k.n), p, n, &ref);
+  if (copy != stack) mg_free(copy);
+  if (rc) return MG_ENOMEM;
+  drop_record(t, e);
+  e->key = ref;
   return 0;
 }
 
@@ -124,7 +235,7 @@ mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_
   }
   if ((uint64_t)(t->count + 1) * 4 > (uint64_t)t->cap * 3 && grow(t) != 0) return NULL;
   uint32_t off;
-  if (store_record(t, key, NULL, 0, &off) != 0) return NULL;
+  if (store_cold(t, key, &off) != 0) return NULL;
   uint32_t mask = t->cap - 1;
   uint32_t j = (uint32_t)hash & mask;
   while (t->slots[j].hash) j = (j + 1) & mask;
@@ -157,47 +268,111 @@ static void delete_slot(mg_series_table_t *t, uint32_t i) {
   t->count--;
 }
 
-static void compact_keys(mg_series_table_t *t) {
-  mg_buf_t nk;
-  mg_buf_init(&nk, UINT32_MAX);
-  if (mg_buf_reserve(&nk, t->keys.len - t->garbage) != 0) return; /* try again next sweep */
-  for (uint32_t i = 0; i < t->cap; i++) {
-    mg_series_entry_t *e = &t->slots[i];
-    if (!e->hash) continue;
-    const char *start = t->keys.data + e->key;
-    size_t total = record_size(t, e);
-    e->key = (uint32_t)nk.len;
-    mg_buf_append(&nk, start, total);
+static int ref_cmp(const void *a, const void *b) {
+  uint32_t x = (*(mg_series_entry_t *const *)a)->key, y = (*(mg_series_entry_t *const *)b)->key;
+  return x < y ? -1 : x > y;
+}
+
+/* Rewrite both stores with only live records, visiting the cold ones in
+ * block order so each block is decompressed once. On failure (memory) the
+ * old stores stay; the next sweep tries again. */
+static void compact(mg_series_table_t *t) {
+  mg_series_entry_t **live = mg_mallocarray(t->count ? t->count : 1, sizeof *live);
+  if (!live) return;
+  size_t n = 0;
+  for (uint32_t i = 0; i < t->cap; i++)
+    if (t->slots[i].hash) live[n++] = &t->slots[i];
+  qsort(live, n, sizeof *live, ref_cmp);
+  mg_series_table_t nt;
+  mg_series_init(&nt);
+  uint32_t *refs = mg_mallocarray(n ? n : 1, sizeof *refs);
+  int rc = refs ? 0 : -1;
+  for (size_t i = 0; i < n && !rc; i++) {
+    mg_str_t k = mg_series_key(t, live[i]);
+    if (live[i]->key & HOT_BIT) {
+      mg_str_t x = mg_series_extra(t, live[i]);
+      rc = store_hot(&nt, k, x.p, x.n, &refs[i]);
+    } else {
+      rc = store_cold(&nt, k, &refs[i]);
+    }
   }
-  mg_buf_cleanup(&t->keys);
-  t->keys = nk;
-  t->garbage = 0;
+  if (!rc) {
+    for (size_t i = 0; i < n; i++) live[i]->key = refs[i];
+    free_blocks(t);
+    mg_buf_cleanup(&t->tail);
+    mg_buf_cleanup(&t->unz);
+    mg_buf_cleanup(&t->hot);
+    t->blocks = nt.blocks;
+    t->nblocks = nt.nblocks;
+    t->blocks_cap = nt.blocks_cap;
+    t->tail = nt.tail;
+    t->tail_live = nt.tail_live;
+    t->cold_raw = nt.cold_raw;
+    t->unz = nt.unz;
+    t->unz_block = UINT32_MAX;
+    t->hot = nt.hot;
+    t->cold_garbage = t->hot_garbage = 0;
+  } else {
+    mg_series_cleanup(&nt);
+  }
+  mg_free(refs);
+  mg_free(live);
+}
+
+static int entry_ref_cmp(const void *a, const void *b) {
+  uint32_t x = ((const mg_series_entry_t *)a)->key, y = ((const mg_series_entry_t *)b)->key;
+  return x < y ? -1 : x > y;
 }
 
 size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, void *ud) {
-  size_t removed = 0;
-  /* Backward-shift deletion only moves entries into the hole at i or into
-   * later holes of the same run (or, wrapping, between already visited
-   * slots), so re-checking slot i after a delete visits every entry once. */
-  for (uint32_t i = 0; i < t->cap;) {
-    mg_series_entry_t *e = &t->slots[i];
-    if (e->hash && (all || e->epoch != t->epoch)) {
-      mg_str_t key = mg_series_key(t, e);
-      if (fn) fn(ud, e, key);
-      t->garbage += record_size(t, e);
-      delete_slot(t, i);
-      removed++;
-      continue;
+  size_t n = 0;
+  for (uint32_t i = 0; i < t->cap; i++)
+    if (t->slots[i].hash && (all || t->slots[i].epoch != t->epoch)) n++;
+  if (!n) return 0;
+  /* Visit the victims in key-store order, so each compressed block is
+   * inflated once however many of its series go (a target going down
+   * takes all of them). Without memory for the list, in slot order. */
+  mg_series_entry_t *v = mg_mallocarray(n, sizeof *v);
+  size_t k = 0;
+  if (v) {
+    for (uint32_t i = 0; i < t->cap; i++)
+      if (t->slots[i].hash && (all || t->slots[i].epoch != t->epoch)) v[k++] = t->slots[i];
+    qsort(v, n, sizeof *v, entry_ref_cmp);
+    for (size_t i = 0; i < n; i++) {
+      if (fn) fn(ud, &v[i], mg_series_key(t, &v[i]));
+      drop_record(t, &v[i]);
     }
-    i++;
+    for (size_t i = 0; i < n; i++) {
+      mg_series_entry_t *e = mg_series_find(t, v[i].hash);
+      if (e) delete_slot(t, (uint32_t)(e - t->slots));
+    }
+    mg_free(v);
+  } else {
+    /* Backward-shift deletion only moves entries into the hole at i or
+     * into later holes of the same run (or, wrapping, between visited
+     * slots), so re-checking slot i after a delete visits each once. */
+    for (uint32_t i = 0; i < t->cap;) {
+      mg_series_entry_t *e = &t->slots[i];
+      if (e->hash && (all || e->epoch != t->epoch)) {
+        if (fn) fn(ud, e, mg_series_key(t, e));
+        drop_record(t, e);
+        delete_slot(t, i);
+        continue;
+      }
+      i++;
+    }
   }
   if (t->count == 0) {
-    mg_buf_reset(&t->keys);
-    t->garbage = 0;
-  } else if (t->garbage > t->keys.len / 2) {
-    compact_keys(t);
+    free_blocks(t);
+    mg_buf_reset(&t->tail);
+    mg_buf_reset(&t->hot);
+    t->tail_live = 0;
+    t->cold_raw = t->cold_garbage = t->hot_garbage = 0;
+    t->unz_block = UINT32_MAX;
+  } else if (t->cold_garbage > t->cold_raw / 2 || t->hot_garbage > t->hot.len / 2 + 4096) {
+    compact(t);
   }
-  return removed;
+  return n;
 }
 
 void mg_series_reset_routes(mg_series_table_t *t) {
@@ -205,5 +380,8 @@ void mg_series_reset_routes(mg_series_table_t *t) {
 }
 
 size_t mg_series_bytes(const mg_series_table_t *t) {
-  return (size_t)t->cap * sizeof(mg_series_entry_t) + t->keys.cap;
+  size_t b = (size_t)t->cap * sizeof(mg_series_entry_t) + t->tail.cap + t->unz.cap + t->hot.cap +
+             t->blocks_cap * sizeof(mg_series_block_t);
+  for (uint32_t i = 0; i < t->nblocks; i++) b += t->blocks[i].zlen;
+  return b;
 }

@@ -37,15 +37,34 @@ typedef struct mg_series_entry {
 #define MG_SERIES_ROUTE_REWRITTEN 0x4000u
 #define MG_SERIES_ROUTE_ID(route) ((route) & 0x3fffu)
 
+/* Keys are needed only to write a staleness marker once a series is gone,
+ * so they are kept deflate-compressed in blocks of up to 64 KiB (a tail
+ * block fills uncompressed first): exposition keys compress ~5-10x. A
+ * series with stored extra bytes (read on every scrape) keeps key and
+ * extra uncompressed in the hot store instead. */
+typedef struct mg_series_block {
+  unsigned char *z; /* compressed bytes */
+  uint32_t zlen;
+  uint32_t raw;     /* uncompressed length */
+  uint32_t live;    /* raw bytes of records still referenced */
+} mg_series_block_t;
+
 typedef struct mg_series_table {
   mg_series_entry_t *slots;
   uint32_t cap, count;
   uint16_t epoch;
-  /* Key store: each record is varint length + key bytes + varint length +
-   * extra bytes. Deleted records become garbage that mg_series_sweep
-   * compacts away when it reaches half the store. */
-  mg_buf_t keys;
-  size_t garbage;
+  /* Cold store: sealed blocks + the tail being filled. Records are varint
+   * length + key bytes. */
+  mg_series_block_t *blocks;
+  uint32_t nblocks, blocks_cap;
+  mg_buf_t tail;
+  uint32_t tail_live;
+  size_t cold_raw, cold_garbage;
+  mg_buf_t unz;       /* one decompressed block (cache for mg_series_key) */
+  uint32_t unz_block; /* which block unz holds; UINT32_MAX: none */
+  /* Hot store: varint length + key + varint length + extra, uncompressed. */
+  mg_buf_t hot;
+  size_t hot_garbage;
 } mg_series_table_t;
 
 void mg_series_init(mg_series_table_t *t);
@@ -66,7 +85,8 @@ static inline uint64_t mg_series_hash(const void *key, size_t n, uint64_t seed) 
 mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_t key, bool *is_new);
 mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash);
 
-/* The key bytes of an entry (borrowed until the next insert/sweep). */
+/* The key bytes of an entry (borrowed until the next call into the table:
+ * a key in a sealed block is decompressed into a shared buffer). */
 mg_str_t mg_series_key(const mg_series_table_t *t, const mg_series_entry_t *e);
 /* Bytes the decision stored with the series (rewritten labels), or empty.
  * Borrowed until the next insert, set_extra or sweep. */
