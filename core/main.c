@@ -481,7 +481,9 @@ static void test_trace(void *ud, const mg_label_t *labels, size_t n, uint64_t de
     first = 0;
   }
   if (!first) mg_buf_append_byte(&o->line, '}');
-  mg_buf_printf(&o->line, " %.17g -> ", v);
+  mg_buf_append_byte(&o->line, ' ');
+  mg_buf_append_double(&o->line, v);
+  mg_buf_append_str(&o->line, " -> ");
   if (!dests) {
     mg_buf_printf(&o->line, "dropped (%s)", reason ? reason : "dropped");
   } else {

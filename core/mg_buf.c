@@ -2,7 +2,9 @@
  * checked against the limit before realloc. */
 #include "mg_buf.h"
 
+#include <math.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -75,6 +77,27 @@ int mg_buf_printf(mg_buf_t *b, const char *fmt, ...) {
   va_end(ap);
   b->len += (size_t)n;
   return 0;
+}
+
+int mg_buf_append_double(mg_buf_t *b, double v) {
+  if (isnan(v)) return mg_buf_append_str(b, "NaN");
+  if (isinf(v)) return mg_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
+  char tmp[40];
+  /* The fewest significant digits that read back to v (Go's 'g' with
+   * precision -1, which Prometheus's text format uses), then Go's choice
+   * of notation: exponent form below 1e-4 or from 1e+06 on. */
+  int digits = 17;
+  for (int p = 1; p <= 17; p++) {
+    snprintf(tmp, sizeof tmp, "%.*e", p - 1, v);
+    if (strtod(tmp, NULL) == v) {
+      digits = p;
+      break;
+    }
+  }
+  snprintf(tmp, sizeof tmp, "%.*e", digits - 1, v);
+  int exp = atoi(strchr(tmp, 'e') + 1);
+  if (exp >= -4 && exp < 6) snprintf(tmp, sizeof tmp, "%.*f", digits - 1 - exp > 0 ? digits - 1 - exp : 0, v);
+  return mg_buf_append_str(b, tmp);
 }
 
 void mg_buf_consume(mg_buf_t *b, size_t n) {

@@ -26,6 +26,9 @@ int mg_buf_append(mg_buf_t *b, const void *p, size_t n);
 int mg_buf_append_str(mg_buf_t *b, const char *s);
 int mg_buf_append_byte(mg_buf_t *b, unsigned char c);
 int mg_buf_printf(mg_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append a float as Prometheus writes one: the shortest decimal that reads
+ * back to the same double, "NaN", "+Inf", "-Inf". */
+int mg_buf_append_double(mg_buf_t *b, double v);
 /* Drop the first n bytes (moves the rest down). */
 void mg_buf_consume(mg_buf_t *b, size_t n);
 /* Give up ownership of the data (caller frees with mg_free). */

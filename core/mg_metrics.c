@@ -141,12 +141,6 @@ void mg_metrics_off_collect(mg_metrics_collect_fn fn, void *ud) {
   }
 }
 
-static int append_value(mg_buf_t *b, double v) {
-  if (isnan(v)) return mg_buf_append_str(b, "NaN");
-  if (isinf(v)) return mg_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
-  if (v == (double)(long long)v && fabs(v) < 1e15) return mg_buf_printf(b, "%lld", (long long)v);
-  return mg_buf_printf(b, "%.17g", v);
-}
 
 int mg_metrics_render(mg_buf_t *out) {
   for (collector_t *c = collectors; c; c = c->next) c->fn(c->ud);
@@ -159,7 +153,7 @@ int mg_metrics_render(mg_buf_t *out) {
       rc |= mg_buf_append_str(out, f->name);
       rc |= mg_buf_append_str(out, m->labels);
       rc |= mg_buf_append_byte(out, ' ');
-      rc |= append_value(out, m->v);
+      rc |= mg_buf_append_double(out, m->v);
       rc |= mg_buf_append_byte(out, '\n');
     }
   }

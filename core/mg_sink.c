@@ -57,11 +57,6 @@ mg_sink_t *mg_sink_new(uv_loop_t *loop, const char *path, int *err) {
   return s;
 }
 
-static int append_value(mg_buf_t *b, double v) {
-  if (isnan(v)) return mg_buf_append_str(b, "NaN");
-  if (isinf(v)) return mg_buf_append_str(b, v > 0 ? "+Inf" : "-Inf");
-  return mg_buf_printf(b, "%.17g", v);
-}
 
 static int append_escaped(mg_buf_t *b, const char *v) {
   for (; *v; v++) {
@@ -99,7 +94,7 @@ int mg_sink_format(const void *body, size_t len, mg_buf_t *out, size_t *nsamples
       }
       if (!first) rc |= mg_buf_append_str(out, "}");
       rc |= mg_buf_append_byte(out, ' ');
-      rc |= append_value(out, ts->samples[k]->value);
+      rc |= mg_buf_append_double(out, ts->samples[k]->value);
       rc |= mg_buf_printf(out, " %lld\n", (long long)ts->samples[k]->timestamp);
       n++;
     }

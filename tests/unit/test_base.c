@@ -37,6 +37,22 @@ MG_TEST(buf_limit) {
   mg_buf_cleanup(&b);
 }
 
+MG_TEST(buf_double_like_prometheus) {
+  static const struct {
+    double v;
+    const char *want;
+  } t[] = {{900, "900"}, {0.21, "0.21"}, {51234.5, "51234.5"}, {1234567, "1.234567e+06"}, {1e-5, "1e-05"},
+           {0.0001, "0.0001"}, {-2.5, "-2.5"}, {0, "0"}, {1.7976931348623157e308, "1.7976931348623157e+308"},
+           {0.1 + 0.2, "0.30000000000000004"}, {123456, "123456"}};
+  for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+    mg_buf_t b;
+    mg_buf_init(&b, 0);
+    mg_buf_append_double(&b, t[i].v);
+    CHECK_STR(b.data, t[i].want);
+    mg_buf_cleanup(&b);
+  }
+}
+
 MG_TEST(mem_fault_injection) {
   mg_mem_fail_at(2);
   void *a = mg_malloc(8);
