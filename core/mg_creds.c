@@ -431,9 +431,10 @@ static int json_member(void *ud, mg_str_t key, mg_json_type_t type, mg_str_t val
   return field_set(f, slot, value);
 }
 
-static int value_from_fields(fields_t *f, bool need_expiration, const char *token_name, int64_t now,
-                             const char *kind, const char *source, mg_creds_value_t **out, char *msg,
-                             size_t msgsz) {
+/* need: expiration and token are required (STS, IMDS and ECS always send
+ * both; credential_process may leave them out). */
+static int value_from_fields(fields_t *f, bool need, const char *token_name, int64_t now, const char *kind,
+                             const char *source, mg_creds_value_t **out, char *msg, size_t msgsz) {
   if (f->duplicate) {
     msgf(msg, msgsz, "a credential field appears twice");
     return MG_EPARSE;
@@ -452,8 +453,12 @@ static int value_from_fields(fields_t *f, bool need_expiration, const char *toke
       msgf(msg, msgsz, "Expiration is not an RFC 3339 time");
       return MG_EPARSE;
     }
-  } else if (need_expiration) {
+  } else if (need) {
     msgf(msg, msgsz, "Expiration is missing");
+    return MG_ECREDS;
+  }
+  if (!f->token && need) {
+    msgf(msg, msgsz, "%s is missing", token_name);
     return MG_ECREDS;
   }
   if (!f->token && strncmp(f->akid, "ASIA", 4) == 0) {

@@ -98,6 +98,10 @@ MG_TEST(parse_json_documents) {
        MG_ECREDS, "instance metadata answered Code=AssumeRoleUnauthorizedAccess"},
       {MG_CREDS_DOC_ECS, "{\"AccessKeyId\":\"ASIA1\",\"SecretAccessKey\":\"SECRETSECRET\",\"Token\":\"TOKENTOKEN\"}",
        MG_ECREDS, "Expiration is missing"},
+      {MG_CREDS_DOC_IMDS,
+       "{\"AccessKeyId\":\"AKIA1\",\"SecretAccessKey\":\"SECRETSECRET\",\"Token\":null,\"Expiration\":"
+       "\"2024-05-01T22:00:00Z\"}",
+       MG_ECREDS, "Token is missing"},
       {MG_CREDS_DOC_ECS,
        "{\"AccessKeyId\":\"ASIA1\",\"SecretAccessKey\":\"SECRETSECRET\",\"Token\":\"TOKENTOKEN\",\"Expiration\":"
        "\"2024-05-01T15:59:59Z\"}",
@@ -165,6 +169,13 @@ MG_TEST(parse_sts_answers) {
   CHECK_INT(mg_creds_parse_sts("AssumeRole", 403, err, strlen(err), 0, "k", "s", &v, msg, sizeof msg), MG_ECREDS);
   CHECK_STR(msg, "STS AssumeRole: HTTP 403 AccessDenied: User: arn:aws:iam::1:user/x is not authorized to perform: "
                  "sts:AssumeRole on resource: arn:aws:iam::2:role/y");
+  const char *notoken = "<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>AKIASTS</AccessKeyId>"
+                        "<SecretAccessKey>SECRETSECRET4</SecretAccessKey><Expiration>2024-05-01T17:00:00Z</Expiration>"
+                        "</Credentials></AssumeRoleResult></AssumeRoleResponse>";
+  CHECK_INT(mg_creds_parse_sts("AssumeRole", 200, notoken, strlen(notoken), 1714579200000LL, "k", "s", &v, msg,
+                               sizeof msg),
+            MG_ECREDS);
+  CHECK_STR(msg, "STS AssumeRole: answer SessionToken is missing");
   CHECK_INT(mg_creds_parse_sts("AssumeRole", 503, "Service Unavailable", 19, 0, "k", "s", &v, msg, sizeof msg),
             MG_ESTATUS);
   CHECK_STR(msg, "STS AssumeRole: HTTP 503 (body is not an AWS error document)");
