@@ -125,7 +125,6 @@ struct mg_wal {
   uint64_t next_id, pending_records, pending_samples;
   uint64_t ack_gen, ckpt_gen; /* finishes so far; value in the last checkpoint */
   uint64_t max_done_id;       /* highest id finished: bounds the range scan */
-  uint64_t open_next_id;      /* next_id after recovery: ids below may be missing */
   uint64_t protect_from;      /* lowest name of a segment left alone (MAX_ID if none) */
   uint64_t written, synced, sync_attempted; /* bytes since open */
   uint64_t last_expire_ms;
@@ -249,10 +248,15 @@ static bool needs_run(const mg_wal_t *w, uint16_t nshards) {
   return w->nruns == 0 || w->runs[w->nruns - 1].nshards != nshards;
 }
 
-/* Room for one more entry (and its run), before anything is written. */
-static int reserve_entry(mg_wal_t *w, uint16_t nshards) {
+static int reserve_ring(mg_wal_t *w) {
   if (w->rtail - w->rhead == w->ring_cap && ring_resize(w, w->ring_cap ? w->ring_cap * 2 : 64) != 0)
     return MG_ENOMEM;
+  return 0;
+}
+
+/* Room for one more entry (and its run), before anything is written. */
+static int reserve_entry(mg_wal_t *w, uint16_t nshards) {
+  if (reserve_ring(w) != 0) return MG_ENOMEM;
   if (needs_run(w, nshards) && w->nruns == w->runs_cap) {
     size_t cap = w->runs_cap ? w->runs_cap * 2 : 4;
     run_t *r = mg_reallocarray(w->runs, cap, sizeof *r);
@@ -275,6 +279,13 @@ static void push(mg_wal_t *w, const entry_t *e) {
   s->pending++;
   if (!s->lo) s->lo = e->id;
   s->hi = e->id;
+}
+
+/* A record found finished by recovery (per the previous checkpoint) but
+ * behind a pending one: kept so the next checkpoint still covers it. */
+static void push_done(mg_wal_t *w, uint64_t id, uint16_t tag, uint16_t nshards) {
+  *at(w, w->rtail++) = (entry_t){.id = id, .tag = tag, .nshards = nshards, .state = E_DONE};
+  if (id > w->max_done_id) w->max_done_id = id;
 }
 
 /* Position of the first entry with id >= id (rtail if none). */
@@ -603,7 +614,8 @@ static int read_entry(mg_wal_t *w, entry_t *e, mg_wal_record_t *rec, uint64_t no
       problem = "read";
     } else if ((size_t)n != REC_HDR + (size_t)e->len) {
       problem = "short_read";
-    } else if (!rec_hdr_ok(h) || get64(h + 16) != e->id || get32(h + 12) != e->len || crc(buf, e->len) != get32(h + 8)) {
+    } else if (!rec_hdr_ok(h) || get64(h + 16) != e->id || get32(h + 12) != e->len ||
+               crc(buf, e->len) != get32(h + 8)) {
       problem = "checksum";
     }
   }
@@ -689,10 +701,12 @@ int mg_wal_ack(mg_wal_t *w, uint64_t id) {
 /* What is finished, for the next open: every id below acked_below; for
  * each shard tag t, its records below tag[t] (its first pending one); and
  * id ranges between pending records that hold finished records the first
- * two do not cover (acks out of order). Ids missing from the index in such
- * a gap (finished per the previous checkpoint, or lost to damage) are
- * covered by the range too. Nothing at or above protect_from is claimed.
- * Built under mu, into the fixed scratch buffer. */
+ * two do not cover (acks out of order). The index holds every record on
+ * disk from the first pending one on (recovery keeps the ones finished per
+ * the previous checkpoint as finished entries), so an id of a gap that is
+ * not in the index is on no readable segment and claiming it costs
+ * nothing. Nothing at or above protect_from is claimed. Built under mu,
+ * into the fixed scratch buffer. */
 static void ckpt_range(unsigned char *b, uint32_t *nr, uint64_t first, uint64_t last, uint64_t cap) {
   if (first > last || first >= cap || *nr == CKPT_RANGES) return;
   if (last >= cap) last = cap - 1;
@@ -727,17 +741,15 @@ static size_t build_checkpoint(mg_wal_t *w, unsigned char *b) {
     put64(tp + 8 * e->tag, e->id < cap ? e->id : cap);
     want--;
   }
-  /* Ranges: only up to the last finished id (or the ids recovered at open,
-   * which may have holes); beyond that every entry is pending and was
-   * appended in this run, with consecutive ids. */
+  /* Ranges: a gap between two pending records is listed when it holds a
+   * finished record that its shard's position does not cover. The scan
+   * ends at the first pending record after the highest finished id: past
+   * it everything is pending. */
   if (w->rhead < w->rtail) {
-    uint64_t lim = w->max_done_id > w->open_next_id - 1 ? w->max_done_id : w->open_next_id - 1;
-    uint64_t pend = at(w, w->rhead)->id, last = pend;
-    bool need = false, stopped = false;
+    uint64_t pend = at(w, w->rhead)->id;
+    bool need = false;
     for (uint64_t p = w->rhead + 1; p < w->rtail && nr < CKPT_RANGES; p++) {
       const entry_t *e = at(w, p);
-      if (e->id != last + 1) need = true;
-      last = e->id;
       if (e->state == E_DONE) {
         if (e->id >= get64(tp + 8 * e->tag)) need = true;
         continue;
@@ -745,15 +757,9 @@ static size_t build_checkpoint(mg_wal_t *w, unsigned char *b) {
       if (need) ckpt_range(rp, &nr, pend + 1, e->id - 1, cap);
       need = false;
       pend = e->id;
-      if (e->id > lim) {
-        stopped = true;
-        break;
-      }
+      if (e->id > w->max_done_id) break;
     }
-    if (!stopped && nr < CKPT_RANGES) {
-      if (last + 1 != w->next_id) need = true;
-      if (need) ckpt_range(rp, &nr, pend + 1, w->next_id - 1, cap);
-    }
+    if (need) ckpt_range(rp, &nr, pend + 1, w->next_id - 1, cap);
   }
   put32(b + 16, nr);
   size_t n = CKPT_HDR + 8 * (size_t)nt + 16 * (size_t)nr;
@@ -1019,6 +1025,9 @@ static int scan_segment(mg_wal_t *w, uint64_t name, scan_t *sc) {
           push(w, &e);
           w->st.recovered_records++;
           w->st.recovered_samples += ns;
+        } else if (w->rtail > w->rhead) {
+          if ((rc = reserve_ring(w)) != 0) break;
+          push_done(w, id, tag, nsh);
         }
         prev = id;
         off = end;
@@ -1278,7 +1287,6 @@ int mg_wal_open(const char *dir, const mg_wal_opts_t *opts, mg_wal_t **out) {
   for (uint32_t t = 0; t < ck->ntags; t++)
     if (ck->tag[t] > w->next_id) w->next_id = ck->tag[t];
   if (sc.min_next > w->next_id) w->next_id = sc.min_next;
-  w->open_next_id = w->next_id;
   /* Tags the old checkpoint knew stay in the next one (as "all done
    * below next_id" when none of theirs is pending), or records it had
    * marked finished would be sent again after the next restart. */

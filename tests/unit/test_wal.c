@@ -1059,6 +1059,37 @@ MG_TEST(checkpoint_range_bound) {
   rm_rf(root);
 }
 
+/* Acks recorded in one checkpoint stay recorded through the next runs,
+ * even when a later run acks other records and writes a new checkpoint. */
+MG_TEST(checkpoint_survives_restarts) {
+  char *root = tmpdir();
+  REQUIRE(root);
+  mg_wal_t *w = NULL;
+  mg_wal_opts_t o = opts_small();
+  o.nshards = 2;
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  for (uint64_t k = 1; k <= 20; k++) CHECK_INT(app(w, (uint32_t)(k % 2), k, NULL), 0);
+  uint64_t acked1[] = {5, 6, 7, 8, 12, 19};
+  for (size_t i = 0; i < sizeof acked1 / sizeof *acked1; i++) CHECK_INT(mg_wal_ack(w, acked1[i]), 0);
+  mg_wal_close(w);
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  CHECK_INT(mg_wal_ack(w, 1), 0);
+  CHECK_INT(mg_wal_ack(w, 14), 0);
+  CHECK_INT(mg_wal_ack(w, 5), MG_ENOTFOUND); /* acked in run 1 */
+  mg_wal_close(w);
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  uint64_t ids[32];
+  int bad = 0;
+  int n0 = drain(w, 0, ids, 32, false, &bad);
+  int n1 = drain(w, 1, ids + n0, 32 - n0, false, &bad);
+  CHECK_INT(bad, 0);
+  CHECK_INT(n0 + n1, 12);
+  uint64_t want[] = {2, 4, 10, 16, 18, 20, 3, 9, 11, 13, 15, 17};
+  for (int i = 0; i < 12 && i < n0 + n1; i++) CHECK_U64(ids[i], want[i]);
+  mg_wal_close(w);
+  rm_rf(root);
+}
+
 /* A segment written by a newer format is left alone: not read, not
  * deleted, not overwritten, and no checkpoint claims its ids. */
 MG_TEST(newer_segment_left_alone) {
