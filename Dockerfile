@@ -20,11 +20,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
       $(sed 's/#.*//' /tmp/apt-packages.txt) \
  && rm -rf /var/lib/apt/lists/*
+# The whole tree (minus .dockerignore): CMakeLists.txt may refer to files
+# anywhere in it. Only the moongate target is built; tests are not.
 WORKDIR /src
-COPY CMakeLists.txt ./
-COPY deps/ deps/
-COPY core/ core/
-COPY lua/ lua/
+COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr/local ${CMAKE_ARGS} \
  && cmake --build /build --target moongate -j"$(nproc)" \
  && DESTDIR=/out cmake --install /build --strip \

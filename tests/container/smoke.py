@@ -183,6 +183,12 @@ def default_cmd(c, image):
                 (out or "").splitlines()[0] if out else "nothing printed")
         hc = podman("healthcheck", "run", cid, timeout=30)
         c.check("default CMD: podman healthcheck run -> healthy", hc.returncode == 0, (hc.stdout + hc.stderr).strip())
+        # SIGHUP from inside, as docs/kubernetes.md tells (no kill binary needed).
+        podman("exec", cid, "sh", "-c", "kill -HUP 1", timeout=30)
+        rl = poll_until(lambda: [e for e in mgtest.log_events(podman("logs", cid, timeout=30).stderr)
+                                 if e.get("event") in ("reloaded", "reload_failed")], 15)
+        c.check("default CMD: `sh -c 'kill -HUP 1'` in the container reloads the script",
+                bool(rl) and rl[0].get("event") == "reloaded", rl[0]["_raw"] if rl else "no reload event")
         t0 = time.monotonic()
         st = podman("stop", "-t", "20", cid, timeout=60)
         secs = time.monotonic() - t0
