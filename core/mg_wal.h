@@ -14,10 +14,12 @@
  *   may have moved to another shard, and its old samples must reach the
  *   receiver before its new ones (receivers reject out-of-order samples).
  * - Delivery is at least once. After a clean close nothing acknowledged is
- *   returned again. After a crash (kill -9, power loss) records acknowledged
- *   since the last completed mg_wal_sync may be returned again; a record
- *   whose mg_wal_append returned 0 is never lost to a process crash, and to
- *   a power loss only if it was appended after the last completed sync.
+ *   returned again (acks out of order within a shard are kept as up to
+ *   1024 id ranges; beyond that, and at or above an unreadable segment, they
+ *   may be). After a crash (kill -9, power loss) records acknowledged since
+ *   the last completed mg_wal_sync may be returned again. A record whose
+ *   mg_wal_append returned 0 is never lost to a process crash, and to a
+ *   power loss only if it was appended after the last completed sync.
  *
  * Cost (what the loop thread pays; measured figures in docs/durability.md):
  * - mg_wal_append: one pwritev(2) into the page cache plus a CRC-32 of the

@@ -44,10 +44,17 @@ enum {
   C_AGE = 64       /* max_age 1 s, the clock 2 s later for run 2 */
 };
 
-static char dir[256];
+static char dir[256], base_dir[256];
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void clean_dir(void);
+static void remove_dirs(void) {
+  clean_dir();
+  rmdir(dir);
+  rmdir(base_dir);
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
@@ -58,7 +65,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   const char *b = mkdtemp(base);
   if (!b) b = mkdtemp(base2);
   if (!b) abort();
+  snprintf(base_dir, sizeof base_dir, "%s", b);
   snprintf(dir, sizeof dir, "%s/w", b);
+  atexit(remove_dirs);
   return 0;
 }
 
