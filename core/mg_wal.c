@@ -567,7 +567,6 @@ static int append_locked(mg_wal_t *w, uint32_t shard, const void *data, size_t l
   if (now > s->newest_ms) s->newest_ms = now;
   push(w, &e);
   w->next_id++;
-  w->st.last_errno = 0;
   if (w->st.degraded) {
     w->st.degraded = false;
     MG_INFO("wal", "append_recovered", "wal=%s failed_appends=%" PRIu64, w->qname, w->st.write_errors);

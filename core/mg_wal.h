@@ -122,7 +122,7 @@ typedef struct mg_wal_stats {
    * are then not persisted (those records may be sent again). */
   uint64_t unreadable_segments;
   uint64_t write_errors, sync_errors; /* failed appends, failed fsyncs or checkpoints */
-  int last_errno;                     /* errno of the last failure, 0 if none */
+  int last_errno;                     /* errno of the latest failed write or sync, 0 if none yet */
   bool degraded;                      /* the last append failed (disk full, read-only, …) */
 } mg_wal_stats_t;
 
