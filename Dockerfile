@@ -1,7 +1,7 @@
-# moongate container image: a build stage compiles moongate with the
-# project's CMake (Release) from Debian packages; the runtime stage holds the
-# binary, its Lua library, the shared libraries it links and nothing else
-# (no compiler, no curl, no package lists). See docs/container.md.
+# moongate's container image: a build stage compiles it with the project's
+# CMake (Release) from Debian packages; the runtime stage holds the binary,
+# its Lua library and the libraries it links, and must not hold more (no
+# compiler, curl or package lists). See docs/container.md.
 #
 #   podman build --format docker -t moongate .      (or: docker build -t moongate .)
 #   podman run --rm -p 127.0.0.1:9464:9464 -v ./my.lua:/etc/moongate/moongate.lua:ro moongate

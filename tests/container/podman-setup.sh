@@ -1,9 +1,8 @@
 #!/bin/bash
-# podman-setup.sh: make rootful podman usable on a Debian 12 CI machine with no
-# registry (recipe: CONTAINERS.md next to the repository): install podman, runc
-# and debootstrap if missing, write a containers.conf, and provide
-# docker.io/library/debian:bookworm-slim from a debootstrap minbase tarball
-# cached outside the repository. Touches nothing under /etc.
+# podman-setup.sh: make rootful podman work on a Debian 12 CI machine without a
+# registry: packages, a containers.conf, and debian:bookworm-slim imported from
+# a debootstrap minbase tarball it caches outside the repository (MG_CI_CACHE).
+# Must not change anything under /etc. Recipe: CONTAINERS.md beside the repo.
 #
 #   tests/container/podman-setup.sh CONFDIR
 #     writes CONFDIR/containers.conf; use it with

@@ -1,9 +1,7 @@
-"""smoke.py: the container image end to end, driven from the host.
-
-Owns: a fake target and a fake remote-write receiver on 127.0.0.1 (from
-tests/integration/mgtest.py), the containers it starts (removed by ID, also on
-failure). Must not: publish anything beyond 127.0.0.1, or stop a container it
-did not start.
+"""smoke.py: the container image end to end, driven from the host. Owns a
+fake target and receiver on 127.0.0.1 (mgtest.py) and the containers it
+starts (removed by ID, also on failure); must not publish beyond 127.0.0.1
+or stop a container it did not start.
 
     python3 tests/container/smoke.py IMAGE      (CONTAINERS_CONF set by smoke.sh)
 

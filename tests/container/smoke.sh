@@ -1,7 +1,7 @@
 #!/bin/bash
-# smoke.sh: build the moongate image with rootful podman and run the container
-# smoke test (smoke.py) against it. Owns its temp dir, the image tag it builds
-# and the containers smoke.py starts; leaves other images and containers alone.
+# smoke.sh: build the moongate image with rootful podman, then run smoke.py on
+# it. Owns its temp dir and the image tag it builds (smoke.py: its containers);
+# must not touch other images or containers.
 #
 #   tests/container/smoke.sh [--context DIR] [--prune]
 #     --context DIR  build context (default: this repository)

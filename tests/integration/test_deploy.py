@@ -1,4 +1,6 @@
-"""test_deploy: the deployment files are what they claim to be.
+"""test_deploy: the deployment files are what they claim to be. Owns the
+temp files, moongate and Prometheus processes it starts (loopback only);
+must not change the files it checks.
 
 Checks deploy/kubernetes/*.yaml (parsed; required fields; image args run
 moongate on 0.0.0.0:9464; probes on /-/healthy and /-/ready; non-root,
