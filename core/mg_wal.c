@@ -389,6 +389,21 @@ static void finish(mg_wal_t *w, entry_t *e, why_t why) {
   if (s && --s->pending == 0 && s != w->active) retire(w, s);
 }
 
+/* Close the least recently read fds of sealed segments until at most keep
+ * are open (the active segment's stays). A long outage leaves many sealed
+ * segments; each reopens on demand when a reader gets to it. */
+static void trim_fds(mg_wal_t *w, int keep) {
+  while (w->open_fds > keep) {
+    seg_t *lru = NULL;
+    for (seg_t *t = w->head; t; t = t->next)
+      if (t->fd >= 0 && t != w->active && (!lru || t->last_use < lru->last_use)) lru = t;
+    if (!lru) return;
+    close(lru->fd);
+    lru->fd = -1;
+    w->open_fds--;
+  }
+}
+
 /* Stop appending to the active segment. Its fd is dup()ed for the next
  * sync to fsync: the segment itself may be retired before that. */
 static void seal_active(mg_wal_t *w) {
@@ -404,6 +419,7 @@ static void seal_active(mg_wal_t *w) {
     }
   }
   if (s->pending == 0) retire(w, s);
+  else trim_fds(w, MAX_READ_FDS - 1); /* room for the next active one */
 }
 
 /* Drop a whole segment (size or age cap). Records handed out stay pending
@@ -491,6 +507,7 @@ static int new_segment(mg_wal_t *w, uint64_t now) {
   }
   s->fd = fd;
   w->open_fds++;
+  s->last_use = ++w->use_clock;
   s->size = SEG_HDR;
   s->newest_ms = now;
   link_tail(w, s);
@@ -504,16 +521,7 @@ static int new_segment(mg_wal_t *w, uint64_t now) {
 static int seg_fd(mg_wal_t *w, seg_t *s) {
   s->last_use = ++w->use_clock;
   if (s->fd >= 0) return s->fd;
-  if (w->open_fds >= MAX_READ_FDS) {
-    seg_t *lru = NULL;
-    for (seg_t *t = w->head; t; t = t->next)
-      if (t->fd >= 0 && t != w->active && (!lru || t->last_use < lru->last_use)) lru = t;
-    if (lru) {
-      close(lru->fd);
-      lru->fd = -1;
-      w->open_fds--;
-    }
-  }
+  trim_fds(w, MAX_READ_FDS - 1);
   char fname[32];
   seg_fname(fname, s->name);
   s->fd = openat(w->dirfd, fname, O_RDONLY | O_CLOEXEC);

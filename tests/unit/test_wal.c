@@ -3,6 +3,7 @@
  * write errors via RLIMIT_FSIZE, a concurrent sync thread, allocation
  * failures, and the throughput and recovery figures in docs/durability.md.
  * Every test works in its own mkdtemp directory and removes it. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -101,6 +102,15 @@ static int count_segs(const char *root) {
     if (fscanf(f, "%d", &n) != 1) n = -1;
     pclose(f);
   }
+  return n;
+}
+
+static int count_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  while (readdir(d)) n++;
+  closedir(d);
   return n;
 }
 
@@ -217,9 +227,16 @@ MG_TEST(shards_get_their_own_records) {
   mg_wal_t *w = NULL;
   mg_wal_opts_t o = opts_small();
   o.nshards = 4;
-  o.segment_bytes = 8192; /* many segments */
+  o.segment_bytes = 4096; /* many segments */
+  int fds0 = count_fds();
   REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
   for (uint64_t k = 1; k <= 200; k++) CHECK_INT(app(w, (uint32_t)(k % 4), k, NULL), 0);
+  mg_wal_stats_t st;
+  mg_wal_stats(w, &st);
+  CHECK(st.segments > 20);
+  /* Open fds stay bounded however many segments there are: 16 segment fds
+   * plus the directory and the lock file. */
+  CHECK(count_fds() <= fds0 + 18);
   CHECK_INT(app(w, 4, 1, NULL), MG_EINVAL);
   mg_wal_record_t r;
   CHECK_INT(mg_wal_next(w, 4, 0, &r), MG_EINVAL);
@@ -240,7 +257,7 @@ MG_TEST(shards_get_their_own_records) {
   /* Acks in any order; segments with everything acked are deleted. */
   for (uint64_t k = 200; k >= 1; k -= 2) CHECK_INT(mg_wal_ack(w, k), 0);
   for (uint64_t k = 1; k <= 199; k += 2) CHECK_INT(mg_wal_ack(w, k), 0);
-  mg_wal_stats_t st;
+  CHECK(count_fds() <= fds0 + 18);
   mg_wal_stats(w, &st);
   CHECK_U64(st.pending_records, 0);
   CHECK(mg_wal_sync_wanted(w)); /* finished segments wait for unlinking */
@@ -532,6 +549,29 @@ MG_TEST(damage_is_skipped_and_counted) {
   CHECK_U64(ids[1], 4);
   CHECK_U64(st.corrupt_records, 2);
   CHECK_INT(bad, 0);
+}
+
+/* A record that goes bad on disk after open is caught when read back. */
+MG_TEST(damage_after_open_is_caught_on_read) {
+  char *root = tmpdir();
+  REQUIRE(root);
+  mg_wal_t *w = NULL;
+  mg_wal_opts_t o = opts_small();
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  for (uint64_t k = 1; k <= 5; k++) CHECK_INT(app(w, 0, k, NULL), 0);
+  flip(seg_path(root, 1), rec_off(2) + REC_HDR + 3);
+  uint64_t ids[8];
+  int bad = 0;
+  CHECK_INT(drain(w, 0, ids, 8, true, &bad), 4);
+  CHECK_INT(bad, 0);
+  CHECK_U64(ids[1], 3);
+  mg_wal_stats_t st;
+  mg_wal_stats(w, &st);
+  CHECK_U64(st.corrupt_records, 1);
+  CHECK_U64(st.corrupt_samples, 2);
+  CHECK_U64(st.pending_records, 0);
+  mg_wal_close(w);
+  rm_rf(root);
 }
 
 MG_TEST(size_cap_drops_oldest_counted) {
