@@ -43,6 +43,22 @@ def podman(*args, timeout=60, check=False):
     return p
 
 
+_names = []
+
+
+def run_detached(*args):
+    """podman run -d --name <unique> ARGS: the name lets cleanup remove the
+    container even when run fails after creating it (e.g. an OCI error)."""
+    name = f"moongate-smoke-{os.getpid()}-{len(_names)}"
+    _names.append(name)
+    return name, podman("run", "-d", "--name", name, *args, timeout=60)
+
+
+def remove_all():
+    for name in _names:
+        podman("rm", "-f", "-v", "-t", "5", name, timeout=60)
+
+
 def inspect_image(c, image):
     cfg = json.loads(podman("image", "inspect", image, check=True).stdout)[0]
     conf = cfg.get("Config") or {}
@@ -88,16 +104,15 @@ mg.scrape {{ job = "smoke", targets = {{ "{tgt.addr}" }} }}
     os.chmod(h.dir, 0o755)
     one_shot(c, image, script)
 
-    run = podman("run", "-d", "--init", "--network", "host",
-                 "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                 "-e", f"MOONGATE_HEALTH_ADDR=127.0.0.1:{port}",
-                 "-v", f"{script}:/etc/moongate/moongate.lua:ro",
-                 image, "run", "/etc/moongate/moongate.lua", "--listen", f"127.0.0.1:{port}",
-                 "--data-dir", "/var/lib/moongate", "--drain-timeout", DRAIN, timeout=60)
+    cid, run = run_detached("--init", "--network", "host",
+                            "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+                            "-e", f"MOONGATE_HEALTH_ADDR=127.0.0.1:{port}",
+                            "-v", f"{script}:/etc/moongate/moongate.lua:ro",
+                            image, "run", "/etc/moongate/moongate.lua", "--listen", f"127.0.0.1:{port}",
+                            "--data-dir", "/var/lib/moongate", "--drain-timeout", DRAIN)
     if not c.check("container starts (--network host, --read-only, --cap-drop ALL)", run.returncode == 0,
                    run.stderr.strip()[-300:]):
         return None
-    cid = run.stdout.strip()
     t_start = time.monotonic()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -163,11 +178,10 @@ def default_cmd(c, image):
     Without --init, so moongate is PID 1 as in a Kubernetes pod and must
     handle SIGTERM itself."""
     hport = mgtest.free_port()
-    run = podman("run", "-d", "-p", f"127.0.0.1:{hport}:9464", image, timeout=60)
+    cid, run = run_detached("-p", f"127.0.0.1:{hport}:9464", image)
     if run.returncode != 0:
         c.check("default CMD behind -p 127.0.0.1:H:9464 starts", False, run.stderr.strip()[-300:])
         return
-    cid = run.stdout.strip()
     try:
         base = f"http://127.0.0.1:{hport}"
         ok = poll_until(lambda: http_get(base + "/-/healthy", timeout=2)[0] == 200, 20)
@@ -213,13 +227,16 @@ def main():
         # CNI/netavark iptables chains behind, see docs/container.md).
         if os.environ.get("MG_SMOKE_BRIDGE", "1") != "0":
             steps.append(("default CMD", lambda: default_cmd(c, image)))
-        for name, fn in steps:
-            t0 = time.monotonic()
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - one failure, the rest still runs
-                c.crashed(name, e)
-            log(f"[{name}] {time.monotonic() - t0:.1f}s")
+        try:
+            for name, fn in steps:
+                t0 = time.monotonic()
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - one failure, the rest still runs
+                    c.crashed(name, e)
+                log(f"[{name}] {time.monotonic() - t0:.1f}s")
+        finally:
+            remove_all()
     c.finish()
 
 
