@@ -6,8 +6,10 @@ Checks deploy/kubernetes/*.yaml (parsed; required fields; image args run
 moongate on 0.0.0.0:9464; probes on /-/healthy and /-/ready; non-root,
 read-only root, no capabilities; resources; the data dir mounted; env from the
 downward API; every ConfigMap script passes `moongate check` with the env its
-manifest gives it; the StatefulSet's hashmod sharding splits a target list
-exactly as Prometheus would, run for real against a fake receiver) and
+manifest gives it; run for real: the StatefulSet's shards, with its relabel
+rules and with --shard, split a target list exactly as Prometheus's hashmod
+would; the Deployment signs for AMP with IRSA's web identity, against the
+loopback AWS fakes) and
 deploy/grafana/moongate.json (valid dashboard; every metric name in every
 PromQL expression is listed in docs/metrics.md).
 
@@ -42,10 +44,6 @@ WORKLOADS = ("Deployment", "DaemonSet", "StatefulSet")
 FIELD_VALUES = {"status.hostIP": "10.0.0.1", "spec.nodeName": "ip-10-0-0-1.ec2.internal",
                 "status.podIP": "10.0.1.5", "metadata.namespace": NAMESPACE,
                 "metadata.labels['apps.kubernetes.io/pod-index']": "0"}
-# The AMP form of the scripts needs moongate's SigV4 support (mg.aws,
-# mg.workspace{region, credentials}); until that lands, moongate check
-# refuses it with one of these messages, and the unsigned form must pass.
-PENDING_AWS = ('moongate has no field "aws"', "SigV4 signing arrives with the AWS issue")
 
 
 # ---------------------------------------------------------------- YAML subset
@@ -440,10 +438,8 @@ def check_workload(c, rel, doc, configmaps, serviceaccounts):
 
 def check_script(c, tag, kind, spec, env, script, key):
     rc, out = run_check(env, script, key)
-    pending = rc != 0 and any(p in out for p in PENDING_AWS)
-    last = (out.strip().splitlines() or [""])[-1]
-    c.check(f"{tag}: script passes `moongate check` with the manifest's env (AMP form)", rc == 0 or pending,
-            f"pending moongate's AWS release: {last}" if pending else last)
+    c.check(f"{tag}: script passes `moongate check` with the manifest's env (AMP, SigV4)",
+            rc == 0 and 'service="aps"' in out, (out.strip().splitlines() or [""])[-1])
     plain = dict(env, AMP_REGION=None, REMOTE_WRITE_URL="http://127.0.0.1:9/api/v1/write")
     rc2, out2 = run_check(plain, script, key)
     c.check(f"{tag}: script passes `moongate check` unsigned (AMP_REGION unset)", rc2 == 0,
@@ -469,54 +465,128 @@ def prometheus_hashmod(value, modulus):
     return struct.unpack(">Q", hashlib.md5(value.encode()).digest()[8:])[0] % modulus
 
 
-def check_sharding(c, sts, configmaps):
-    """Run every shard of the StatefulSet's script against one fake receiver:
-    together they scrape each fleet target once, each where hashmod puts it."""
-    name = dig(sts, "metadata", "name")
-    ctr = dig(sts, "spec", "template", "spec", "containers", 0)
-    shards = int(dig(sts, "spec", "replicas"))
-    cm = configmaps.get(f"{name}")
-    script = dig(cm or {}, "data", "moongate.lua")
-    if not script:
-        c.check("sharding: StatefulSet script found", False)
-        return
-    with mgtest.Harness("deploy-shards") as h:
-        rx = h.add_server(mgtest.FakeReceiver())
-        path = h.write("moongate.lua", script)
-        gws = []
-        for k in range(shards):
-            env = {e: v for e, v in container_env(ctr, f"{name}-{k}").items() if v is not None}
-            # Unsigned, to the fake receiver; "" counts as unset in the script.
-            env.update(SHARD=str(k), AMP_REGION="", REMOTE_WRITE_URL=rx.write_url, POD_IP="127.0.0.1")
-            port = mgtest.free_port()
-            gw = h.start(f"shard{k}", [mgtest.MOONGATE_BIN, "run", path, "--listen", f"127.0.0.1:{port}",
-                                       "--data-dir", h.path(f"shard{k}-data")], env=env)
-            gw.base = f"http://127.0.0.1:{port}"
-            gws.append(gw)
-        for gw in gws:
-            mgtest.wait_http(gw.base + "/-/ready", 30)
-        instances = set()
+def _workload(docs, kind):
+    return next((d for _, d in docs if d.get("kind") == kind), None)
 
-        def all_up():
-            instances.update(dict(key)["instance"] for key in rx.find("up", job="fleet"))
-            return len(instances) >= 100
-        ok = mgtest.poll_until(all_up, 75, 0.5)
-        # up{job="fleet"} carries no shard label: each shard's own target
-        # count (moongate_targets, up + down) says how many it scrapes.
-        counts = []
-        for gw in gws:
-            m = mgtest.fetch_own_metrics(gw.base)
-            counts.append(int(sum(v for k, v in m.items() if dict(k).get("__name__") == "moongate_targets"
-                                  and dict(k).get("job") == "fleet")))
-        want = [0] * shards
-        for t in instances:
-            want[prometheus_hashmod(t, shards)] += 1
-        c.check("sharding: the shards together scrape all 100 fleet targets", bool(ok) and len(instances) == 100,
-                f"{len(instances)} targets seen at the receiver")
-        c.check("sharding: each shard scrapes exactly the targets Prometheus's hashmod gives it",
-                counts == want and sum(counts) == len(instances), f"per shard {counts}, hashmod predicts {want}")
-        for gw in gws:
-            mgtest.stop_gateway(c, f"sharding: {gw.name} exits 0 on SIGTERM", gw)
+
+def _start_gw(h, name, script_path, env, extra=()):
+    port = mgtest.free_port()
+    gw = h.start(name, [mgtest.MOONGATE_BIN, "run", script_path, "--listen", f"127.0.0.1:{port}",
+                        "--data-dir", h.path(f"{name}-data"), *extra], env=env)
+    gw.base = f"http://127.0.0.1:{port}"
+    return gw
+
+
+def _job_targets(gw, job):
+    """How many targets of a job this moongate scrapes (moongate_targets, up + down)."""
+    m = mgtest.fetch_own_metrics(gw.base)
+    return int(sum(v for k, v in m.items() if dict(k).get("__name__") == "moongate_targets"
+                   and dict(k).get("job") == job))
+
+
+def check_live(c, docs, configmaps):
+    """The manifests' scripts, run for real (all at once, so the waits for
+    first scrapes overlap):
+      * the StatefulSet's shards, once with the script's hashmod relabel rules
+        and once with --shard POD_NAME/SHARDS instead: together they scrape
+        each fleet target once, each where Prometheus's hashmod puts it;
+      * the Deployment with AMP_REGION set and IRSA's environment
+        (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE), against loopback fakes of
+        STS and an AMP workspace that checks SigV4 like AWS."""
+    sts, dep = _workload(docs, "StatefulSet"), _workload(docs, "Deployment")
+    with mgtest.Harness("deploy-live") as h:
+        variants = []
+        if sts:
+            name = dig(sts, "metadata", "name")
+            ctr = dig(sts, "spec", "template", "spec", "containers", 0)
+            shards = int(dig(sts, "spec", "replicas"))
+            script = dig(configmaps.get(name) or {}, "data", "moongate.lua") or ""
+            flagged = script.replace(", relabel_configs = this_shard", "")
+            c.check("sharding: the StatefulSet script shards its fleet job with relabel rules",
+                    "relabel_configs = this_shard" in script and flagged != script)
+            for label, text, flag in (("relabel rules", script, False), ("--shard", flagged, True)):
+                rx = h.add_server(mgtest.FakeReceiver())
+                path = h.write(f"shard-{int(flag)}.lua", text)
+                gws = []
+                for k in range(shards):
+                    pod = f"{name}-{k}"
+                    env = {e: v for e, v in container_env(ctr, pod).items() if v is not None}
+                    # Unsigned, to the fake receiver; "" counts as unset in the script.
+                    env.update(SHARD=str(k), AMP_REGION="", REMOTE_WRITE_URL=rx.write_url, POD_IP="127.0.0.1")
+                    extra = ("--shard", f"{pod}/{shards}") if flag else ()
+                    gws.append(_start_gw(h, f"shard{int(flag)}-{k}", path, env, extra))
+                variants.append((label, rx, gws, shards))
+        irsa = None
+        if dep:
+            irsa = start_irsa(c, h, dep, configmaps)
+        for _, _, gws, _ in variants:
+            for gw in gws:
+                mgtest.wait_http(gw.base + "/-/ready", 30)
+        for label, rx, gws, shards in variants:
+            instances = set()
+
+            def all_up():
+                instances.update(dict(key)["instance"] for key in rx.find("up", job="fleet"))
+                return len(instances) >= 100
+            ok = mgtest.poll_until(all_up, 75, 0.5)
+            counts = [_job_targets(gw, "fleet") for gw in gws]
+            want = [0] * shards
+            for t in instances:
+                want[prometheus_hashmod(t, shards)] += 1
+            c.check(f"sharding ({label}): the shards together scrape all 100 fleet targets",
+                    bool(ok) and len(instances) == 100, f"{len(instances)} targets seen at the receiver")
+            c.check(f"sharding ({label}): each shard scrapes exactly the targets Prometheus's hashmod gives it",
+                    counts == want and sum(counts) == len(instances), f"per shard {counts}, hashmod predicts {want}")
+            for gw in gws:
+                mgtest.stop_gateway(c, f"sharding ({label}): {gw.name} exits 0 on SIGTERM", gw)
+        if irsa:
+            finish_irsa(c, *irsa)
+
+
+def start_irsa(c, h, dep, configmaps):
+    """The Deployment's script in AMP form, credentials from IRSA's web
+    identity token through the default chain, against the AWS fakes."""
+    try:
+        import awsfakes  # noqa: PLC0415 - needs python3-botocore (a test dependency)
+    except ImportError as e:
+        c.check("IRSA: awsfakes importable (python3-botocore)", False, str(e))
+        return None
+    name = dig(dep, "metadata", "name")
+    ctr = dig(dep, "spec", "template", "spec", "containers", 0)
+    script = dig(configmaps.get(name) or {}, "data", "moongate.lua") or ""
+    sa = dig(dep, "spec", "template", "spec", "serviceAccountName")
+    env = {e: v for e, v in container_env(ctr, f"{name}-0").items() if v is not None}
+    fakes = awsfakes.Fakes(awsfakes.World(region=env.get("AMP_REGION") or "us-east-1"))
+    h.add_server(fakes)
+    world = fakes.world
+    role = "arn:aws:iam::111122223333:role/moongate-amp-writer"
+    world.add_role(role, web_identity=True)
+    world.amp_allowed = {role}          # the workspace accepts only the IRSA role
+    token = world.add_web_token(subject=f"system:serviceaccount:{NAMESPACE}:{sa}")
+    tok = h.write("irsa-token", token)
+    # What EKS's pod identity webhook adds, plus the fakes' endpoints.
+    env.update(REMOTE_WRITE_URL=fakes.amp_write_url, POD_IP="127.0.0.1", HOME=h.dir, AWS_ROLE_ARN=role,
+               AWS_WEB_IDENTITY_TOKEN_FILE=tok, AWS_ENDPOINT_URL_STS=fakes.sts_url, AWS_EC2_METADATA_DISABLED="true")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+              "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        os.environ.pop(k, None)
+    path = h.write("irsa.lua", script)
+    gw = _start_gw(h, "irsa", path, env)
+    return gw, world, role, [token]
+
+
+def finish_irsa(c, gw, world, role, secrets):
+    ok = mgtest.poll_until(lambda: world.amp_samples > 0, 60, 0.5)
+    roles = {(world.lookup(a).role if world.lookup(a) else a) for a in world.amp_keys_used}
+    c.check("IRSA: the Deployment's script (AMP_REGION set) writes to a SigV4-checking AMP fake",
+            bool(ok), f"{world.amp_samples} samples accepted, rejections {world.amp_rejections[:3]}")
+    c.check("IRSA: every accepted write was signed by the ServiceAccount's role (web identity via STS)",
+            bool(ok) and roles == {role}, f"{roles}")
+    log = gw.stderr()
+    ready = [e for e in mgtest.log_events(log, "credentials_ready")]
+    c.check("IRSA: log names the credential source, no token in the log",
+            bool(ready) and not any(s in log for s in secrets), ready[0]["_raw"] if ready else "no credentials_ready")
+    mgtest.stop_gateway(c, "IRSA: moongate exits 0 on SIGTERM", gw)
 
 
 def check_manifests(c):
@@ -687,7 +757,8 @@ def check_dashboard(c):
                  "moongate_remote_write_samples_sent_total", "moongate_remote_write_samples_pending",
                  "moongate_remote_write_samples_dropped_total", "moongate_remote_write_retries_total",
                  "moongate_remote_write_requests_total", "process_resident_memory_bytes",
-                 "process_cpu_seconds_total", "moongate_lua_errors_total"):
+                 "process_cpu_seconds_total", "moongate_lua_errors_total",
+                 "moongate_remote_write_auth_rejections_total", "moongate_aws_credentials_expiry_timestamp_seconds"):
         c.check(f"{rel}: shows {must}", must in used)
     # Label names used in matchers and groupings exist on the metric.
     labels = documented_labels()
@@ -733,16 +804,27 @@ def grafana_vars(expr):
 def check_dashboard_live(c):
     """Every dashboard query, run by a real Prometheus that scrapes a running
     moongate (which scrapes a fake target and a closed port, writes to a fake
-    receiver, and has a hook that fails): each must be valid PromQL, and
-    each panel must show data."""
+    receiver and, signed, to the AMP fake that refuses one request, and has a
+    hook that fails): each must be valid PromQL, and each panel must show
+    data."""
     with open(DASHBOARD) as f:
         exprs = [(w, e) for w, e in dashboard_exprs(json.load(f)) if not w.startswith("$.templating")]
     with mgtest.Harness("deploy-dashboard") as h:
+        import awsfakes  # noqa: PLC0415 - needs python3-botocore (a test dependency)
         rx = h.add_server(mgtest.FakeReceiver())
         tgt = h.add_server(mgtest.FakeTarget("good"))
+        fakes = h.add_server(awsfakes.Fakes())
+        role = "arn:aws:iam::111122223333:role/dashboard"
+        fakes.world.add_role(role, web_identity=True)
+        tok = h.write("token", fakes.world.add_web_token())
+        # One AMP refusal of an expired token, for the credentials row.
+        fakes.world.fail["amp"] = [(403, "ExpiredTokenException", "The security token included in the request is expired")]
         script = h.write("dash.lua", f"""local mg = require "moongate"
 mg.global {{ scrape_interval = "1s", scrape_timeout = "900ms" }}
 mg.remote_write {{ name = "rx", url = "{rx.write_url}", queue = {{ batch_send_deadline = "200ms" }} }}
+mg.workspace {{ name = "amp", region = "{fakes.world.region}", url = "{fakes.amp_write_url}",
+  credentials = mg.aws.web_identity {{ role_arn = "{role}", token_file = "{tok}", sts_endpoint = "{fakes.sts_url}" }},
+  queue = {{ batch_send_deadline = "200ms" }} }}
 mg.scrape {{ job = "app", targets = {{ "{tgt.addr}", "127.0.0.1:{mgtest.free_port()}" }} }}
 -- one failing hook, so the Lua errors panel has something to show
 function mg.filter(s) if s.name == "good_gauge" then error("dashboard test") end return true end
@@ -788,14 +870,13 @@ def main():
     except Exception as e:  # noqa: BLE001
         c.crashed("manifests", e)
         docs, cms = [], {}
-    sts = [d for _, d in docs if d.get("kind") == "StatefulSet"]
     if why:
         c.check("moongate binary usable for the script checks", False, why)
-    elif sts:
+    else:
         try:
-            check_sharding(c, sts[0], cms)
+            check_live(c, docs, cms)
         except Exception as e:  # noqa: BLE001
-            c.crashed("sharding", e)
+            c.crashed("live", e)
     try:
         check_dashboard(c)
     except Exception as e:  # noqa: BLE001
