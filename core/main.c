@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "mg_conf.h"
+#include "mg_credscli.h"
 #include "mg_err.h"
 #include "mg_http_client.h"
 #include "mg_http_server.h"
@@ -40,6 +41,9 @@ static const char usage[] =
     "  moongate check FILE [--allow-unsafe-lua]\n"
     "  moongate test FILE --input EXPOSITION [--job NAME] [--target-label NAME=VALUE ...]\n"
     "                [--content-type TYPE]   print where each series would go, and why\n"
+    "  moongate creds [FILE [--destination NAME]] [--profile P] [--credentials-file F]\n"
+    "                 [--role-arn ARN [--external-id ID]] [--region R]\n"
+    "                       which AWS credentials resolve (masked), until when, and who STS says they are\n"
     "  moongate --version | --help\n"
     "\n"
     "FILE is a Lua script (*.lua) or a Prometheus configuration (*.yml, *.yaml).\n"
@@ -759,6 +763,7 @@ int main(int argc, char **argv) {
   uint64_t drain_ms = DEFAULT_DRAIN_MS;
   int allow_unsafe = 0;
   const char *shard = NULL, *ha_cluster = NULL, *ha_replica = NULL;
+  const char *c_dest = NULL, *c_profile = NULL, *c_role = NULL, *c_ext = NULL, *c_region = NULL, *c_file = NULL;
   const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4", *reload_token_file = NULL;
   char *tlabels[64];
   size_t ntlabels = 0;
@@ -799,6 +804,18 @@ int main(int argc, char **argv) {
       ha_cluster = val, i++;
     } else if (!strcmp(arg, "--ha-replica") && val) {
       ha_replica = val, i++;
+    } else if (!strcmp(arg, "--destination") && val) {
+      c_dest = val, i++;
+    } else if (!strcmp(arg, "--profile") && val) {
+      c_profile = val, i++;
+    } else if (!strcmp(arg, "--role-arn") && val) {
+      c_role = val, i++;
+    } else if (!strcmp(arg, "--external-id") && val) {
+      c_ext = val, i++;
+    } else if (!strcmp(arg, "--region") && val) {
+      c_region = val, i++;
+    } else if (!strcmp(arg, "--credentials-file") && val) {
+      c_file = val, i++;
     } else if (!strcmp(arg, "--sigv4-debug")) {
       mg_remote_write_sigv4_debug(true);
     } else if (!strcmp(arg, "--allow-unsafe-lua")) {
@@ -823,6 +840,45 @@ int main(int argc, char **argv) {
   }
   g_scale.ha_cluster = ha_cluster;
   g_scale.ha_replica = ha_replica;
+  if (!strcmp(cmd, "creds")) {
+    if (file) {
+      mg_conf_t *conf = NULL;
+      mg_lua_vm_t *vm;
+      mg_lua_hooks_t *hooks;
+      if (load_conf(file, DEFAULT_LISTEN, allow_unsafe, &conf, &vm, &hooks) != 0) return 1;
+      const mg_conf_dest_t *d = NULL;
+      for (size_t i = 0; i < conf->ndests && !d; i++)
+        if (conf->dests[i]->sigv4.enabled && (!c_dest || !strcmp(conf->dests[i]->name, c_dest))) d = conf->dests[i];
+      int rc = 1;
+      if (!d) {
+        fprintf(stderr, "%s: no SigV4 destination%s%s\n", file, c_dest ? " named " : "", c_dest ? c_dest : "");
+      } else {
+        /* The region as the destination signs with it. */
+        char region[64] = "";
+        const char *host = d->url ? strstr(d->url, "://aps-workspaces.") : NULL;
+        if (d->sigv4.region) snprintf(region, sizeof region, "%s", d->sigv4.region);
+        else if (host) snprintf(region, sizeof region, "%.*s", (int)strcspn(host + 18, "."), host + 18);
+        printf("destination: %s\n", d->name);
+        rc = mg_credscli_run(&d->sigv4.creds, region[0] ? region : c_region, 30000);
+      }
+      mg_lua_hooks_free(hooks);
+      mg_lua_vm_free(vm);
+      mg_conf_free(conf);
+      mg_metrics_reset();
+      return rc;
+    }
+    mg_conf_creds_t base = {0}, role = {0};
+    base.kind = (c_profile || c_file) ? MG_CREDS_PROFILE : MG_CREDS_CHAIN;
+    base.profile = (char *)c_profile;
+    base.credentials_file = (char *)c_file;
+    role.kind = MG_CREDS_ASSUME_ROLE;
+    role.role_arn = (char *)c_role;
+    role.external_id = (char *)c_ext;
+    role.source = &base;
+    int rc = mg_credscli_run(c_role ? &role : &base, c_region, 30000);
+    mg_metrics_reset();
+    return rc;
+  }
   if (!strcmp(cmd, "test")) {
     if (!file || !input) {
       fprintf(stderr, "moongate test: name a script or prometheus.yml and --input FILE\n\n%s", usage);

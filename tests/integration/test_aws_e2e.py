@@ -222,6 +222,51 @@ mg.scrape{{ job = "sig", interval = "500ms", timeout = "400ms", targets = {{ "{t
     mg.stop(5)
 
 
+class STSWithIdentity(af.FakeSTS):
+    """The fake STS plus GetCallerIdentity (signed, like AWS), for
+    `moongate creds`."""
+
+    def handle(self, h, method):
+        import urllib.parse
+        form = urllib.parse.parse_qs(h.body.decode("utf-8", "replace")) if method == "POST" else {}
+        if form.get("Action", [""])[0] != "GetCallerIdentity":
+            return super().handle(h, method)
+        try:
+            key = af.verify_sigv4(self.world, method, h.path, list(h.headers.items()), h.body, "sts",
+                                  self.world.region, af.STS_CODES)
+        except af.AuthError as e:
+            return af.sts_error(e.status, e.code, e.message)
+        xml = (f'<GetCallerIdentityResponse xmlns="{af.STS_NS}"><GetCallerIdentityResult>'
+               f"<Arn>{key.principal}</Arn><UserId>{key.akid}</UserId><Account>{key.account}</Account>"
+               "</GetCallerIdentityResult></GetCallerIdentityResponse>").encode()
+        return 200, {"Content-Type": "text/xml"}, xml
+
+
+def creds_command(c, h, world):
+    role = world.add_role("arn:aws:iam::333333333333:role/reader", external_id="e9")
+    user = world.add_user("333333333333", "ops")
+    sts = h.add_server(STSWithIdentity(world))
+    creds = h.path("cli-credentials")
+    with open(creds, "w") as f:
+        f.write(f"[ops]\naws_access_key_id = {user.akid}\naws_secret_access_key = {user.secret}\n")
+    env = dict(os.environ, HOME=h.dir, AWS_ENDPOINT_URL_STS=sts.url, AWS_EC2_METADATA_DISABLED="true")
+    import subprocess
+    r = subprocess.run([mt.MOONGATE_BIN, "creds", "--profile", "ops", "--credentials-file", creds, "--region",
+                        REGION], capture_output=True, text=True, timeout=60, env=env)
+    c.check("moongate creds: profile resolves and STS names the caller",
+            r.returncode == 0 and "user/ops" in r.stdout and user.akid[:4] + "****" in r.stdout, r.stdout + r.stderr)
+    c.check("moongate creds never prints the secret", user.secret not in r.stdout + r.stderr)
+    r = subprocess.run([mt.MOONGATE_BIN, "creds", "--profile", "ops", "--credentials-file", creds, "--role-arn",
+                        role.arn, "--external-id", "e9", "--region", REGION], capture_output=True, text=True,
+                       timeout=60, env=env)
+    c.check("moongate creds --role-arn: the assumed role's session is the caller",
+            r.returncode == 0 and "assumed-role/reader" in r.stdout and "expires:" in r.stdout, r.stdout + r.stderr)
+    r = subprocess.run([mt.MOONGATE_BIN, "creds", "--profile", "nobody", "--credentials-file", creds],
+                       capture_output=True, text=True, timeout=60, env=env)
+    c.check("moongate creds with a missing profile fails with a reason", r.returncode != 0 and "nobody" in r.stderr,
+            r.stderr)
+
+
 def main():
     c = mt.Checks()
     with mt.Harness("aws-e2e") as h:
@@ -231,7 +276,8 @@ def main():
             for name, fn in (("rotation", lambda: rotation(c, h, fakes, world)),
                              ("outage", lambda: outage(c, h, fakes, world)),
                              ("two accounts", lambda: two_accounts(c, h, world)),
-                             ("bad signature", lambda: bad_signature(c, h, fakes, world))):
+                             ("bad signature", lambda: bad_signature(c, h, fakes, world)),
+                             ("creds command", lambda: creds_command(c, h, world))):
                 try:
                     fn()
                 except Exception as e:  # noqa: BLE001
