@@ -3231,6 +3231,7 @@ static void on_root_done(void *ud, int err, mg_creds_value_t *v, const char *msg
    * value arrived); a failed forced refresh hands the old one out again
    * (better a 403 than nothing), and invalidate's rate limit applies. */
   if (forced || c->cur != before) c->rejected_pending = false;
+  if (c->cur != before) c->want_force = false; /* a refused value was replaced anyway */
   /* Credentials were refused and replacing them failed: the retries (on
    * the backoff timer) keep bypassing the caches until one succeeds. */
   if (forced && err) c->want_force = true;
