@@ -3,8 +3,8 @@ tests in C and Python. Standard library plus botocore (python3-botocore),
 which recomputes every SigV4 signature independently of moongate.
 
 Owns: one World (accounts, users, roles, issued keys, web identity tokens,
-counters) shared by a fake STS (AssumeRole SigV4-checked,
-AssumeRoleWithWebIdentity unsigned), a fake IMDSv2, a fake ECS/EKS container
+counters) shared by a fake STS (AssumeRole and GetCallerIdentity
+SigV4-checked, AssumeRoleWithWebIdentity unsigned), a fake IMDSv2, a fake ECS/EKS container
 credentials endpoint, and a fake AMP workspace remote_write endpoint that
 checks SigV4 like AWS (service "aps") and decodes snappy + protobuf.
 Errors are the ones AWS sends (codes, messages, status, x-amzn-ErrorType).
@@ -442,7 +442,23 @@ class FakeSTS(_Server):
             return self.assume_role(h, method, p)
         if action == "AssumeRoleWithWebIdentity":
             return self.assume_role_web(p)
+        if action == "GetCallerIdentity":
+            return self.caller_identity(h, method)
         return sts_error(400, "InvalidAction", f"Could not find operation {action} for version 2011-06-15")
+
+    def caller_identity(self, h, method):
+        w = self.world
+        w.count("sts_get_caller_identity")
+        try:
+            key = verify_sigv4(w, method, h.path, list(h.headers.items()), h.body, "sts", w.region, STS_CODES)
+        except AuthError as e:
+            return sts_error(e.status, e.code, e.message)
+        uid = key.akid if key.role is None else f"AROA{key.akid[4:]}:{key.principal.rsplit('/', 1)[-1]}"
+        body = (f'<GetCallerIdentityResponse xmlns="{STS_NS}">\n  <GetCallerIdentityResult>\n'
+                f'    <Arn>{key.principal}</Arn>\n    <UserId>{uid}</UserId>\n    <Account>{key.account}</Account>\n'
+                f'  </GetCallerIdentityResult>\n  <ResponseMetadata>\n    <RequestId>{uuid.uuid4()}</RequestId>\n'
+                f'  </ResponseMetadata>\n</GetCallerIdentityResponse>\n')
+        return 200, {"Content-Type": "text/xml"}, body.encode()
 
     def _duration(self, role, p):
         d = p.get("DurationSeconds")

@@ -113,6 +113,12 @@ def check_sts(c, fk):
     except Exception as e:  # noqa: BLE001
         c.check("botocore's STS client parses AssumeRole (key, token, expiration)", False, repr(e)[:300])
     try:
+        ident = cl.get_caller_identity()
+        c.check("botocore's GetCallerIdentity names the user", ident["Arn"] == "arn:aws:iam::111111111111:user/writer"
+                and ident["Account"] == "111111111111", str(ident)[:200])
+    except Exception as e:  # noqa: BLE001
+        c.check("botocore's GetCallerIdentity names the user", False, repr(e)[:300])
+    try:
         cl.assume_role(RoleArn=base["RoleArn"], RoleSessionName="boto")
         c.check("botocore sees AccessDenied without ExternalId", False, "no error")
     except botocore.exceptions.ClientError as e:
