@@ -6,7 +6,7 @@ LISTEN ?= 127.0.0.1:9464
 SCRIPT ?= scripts/examples/default.lua
 CMAKE_FLAGS ?=
 
-.PHONY: all deps deps-test build run test test-unit test-asan test-fuzz clean
+.PHONY: all deps deps-test build run test test-unit test-asan test-fuzz test-container clean
 
 all: build
 
@@ -44,6 +44,10 @@ test-fuzz: deps-test
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMG_FUZZ=ON >/dev/null
 	cmake --build $(BUILD)-fuzz -j$(JOBS)
 	cd $(BUILD)-fuzz && ctest --output-on-failure -L fuzz
+
+# Container image + smoke test with rootful podman (root; docs/container.md).
+test-container:
+	tests/container/smoke.sh
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz

@@ -198,7 +198,7 @@ static int get_duration_pos(loader_t *L, yaml_node_t *n, uint64_t *ms) {
 }
 
 static int get_u32_pos(loader_t *L, yaml_node_t *n, uint32_t *out) {
-  uint64_t v;
+  uint64_t v = 0;
   int rc = get_uint(L, n, UINT32_MAX, &v);
   if (rc < 0) return rc;
   if (v == 0) return fail(L, n, "must be at least 1");
@@ -617,7 +617,7 @@ static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
   const char *k = p->key;
   yaml_node_t *v = p->v;
   int rc = 0;
-  uint64_t u;
+  uint64_t u = 0;
   if (is_null(v)) return 0;
   if (!strcmp(k, "job_name")) return set_str(L, v, &j->name, false);
   if (!strcmp(k, "scrape_interval")) return get_duration(L, v, &j->interval_ms);
