@@ -175,7 +175,7 @@ static void set_detail(mg_http_req_t *r, const char *fmt, va_list ap) {
 }
 
 static void req_free(mg_http_req_t *r) {
-  mg_buf_cleanup(&r->head);
+  mg_buf_cleanup_secret(&r->head); /* holds Authorization and X-Amz-Security-Token */
   mg_buf_cleanup(&r->own_body);
   if (r->pool) pool_unref(r->pool); /* NULL when its TLS context failed to load */
   mg_free(r);
@@ -847,7 +847,7 @@ int mg_http_client_request(mg_http_client_t *c, const mg_http_request_t *req, mg
   char detail[sizeof r->detail] = "";
   if (rc == 0) rc = pool_get(c, &u, req->tls, &r->pool, detail, sizeof detail);
   if (rc != 0 && rc != MG_ETLS) {
-    mg_buf_cleanup(&r->head);
+    mg_buf_cleanup_secret(&r->head); /* holds Authorization and X-Amz-Security-Token */
     mg_free(r);
     return rc == MG_ETOOBIG ? MG_EINVAL : rc;
   }
