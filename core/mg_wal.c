@@ -533,7 +533,12 @@ static int seg_fd(mg_wal_t *w, seg_t *s) {
 
 static int append_locked(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t now,
                          uint64_t *id) {
-  if (w->next_id >= MAX_ID) return MG_ETOOBIG;
+  /* 2^62 ids last 146 000 years at a million appends a second: only a
+   * forged checkpoint gets here. */
+  if (w->next_id >= MAX_ID) {
+    write_failed(w, "ids_exhausted", ERANGE);
+    return MG_EIO;
+  }
   uint64_t need = REC_HDR + (uint64_t)len;
   if (w->fsync_failed) {
     seal_active(w);
@@ -1023,7 +1028,11 @@ static int scan_segment(mg_wal_t *w, uint64_t name, scan_t *sc) {
       const unsigned char *p = rd_get(&sc->r, off + REC_HDR, len);
       if (!p) break;
       bool crc_ok = crc(p, len) == pcrc;
-      if (crc_ok && id > prev) {
+      /* A segment's ids are consecutive from its name, one per record of at
+       * least REC_HDR bytes: an id beyond that is not one we wrote (and a
+       * forged huge one would exhaust the id space). */
+      bool plausible = id > prev && id <= name + (off - SEG_HDR) / REC_HDR;
+      if (crc_ok && plausible) {
         if (t > s->newest_ms) s->newest_ms = t;
         if (!ck_done(sc->ck, id, tag)) {
           if ((rc = reserve_entry(w, nsh)) != 0) break;
@@ -1044,14 +1053,16 @@ static int scan_segment(mg_wal_t *w, uint64_t name, scan_t *sc) {
         torn = size - off;
         break;
       }
-      /* A damaged payload (or a stale copy of an older record): its
-       * extent is known, so only this record is lost. */
-      if (!ck_done(sc->ck, id, tag) && id > prev) {
+      /* A damaged payload (or a stale copy of an older record, or an
+       * implausible id): its extent is known, so only this record is lost. */
+      if (plausible && !ck_done(sc->ck, id, tag)) {
         corrupt_records++;
         corrupt_samples += ns;
+      } else if (!plausible && id > prev) {
+        corrupt_records++; /* in place of one record; its fields are not ours */
       }
       corrupt_bytes += end - off;
-      if (id > prev) prev = id;
+      if (plausible) prev = id;
       off = end;
       continue;
     }

@@ -215,7 +215,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       n = (int)sizeof payload;
     }
     uint64_t id;
-    ENSURE(mg_wal_append(w, s, payload, (size_t)n, s + 1, &id) == 0);
+    int rc = mg_wal_append(w, s, payload, (size_t)n, s + 1, &id);
+    /* A forged checkpoint can claim ids up to 2^62: then appends fail. */
+    if (rc == MG_EIO && st.next_id + nshards >= (1ull << 62)) continue;
+    ENSURE(rc == 0);
     ENSURE(id >= st.next_id && !find(v, nv, id));
     ENSURE(nv < cap);
     v[nv++] = (seen_t){id, hash(payload, (size_t)n), false};

@@ -507,6 +507,23 @@ static void magic_in_garbage(const char *seg) {
   close(fd);
 }
 
+/* Record 3 rewritten with id 1000 and a header CRC that matches: it
+ * checks out but cannot be one of ours (ids in a segment are consecutive). */
+static void forge_id3(const char *seg) {
+  int fd = open(seg, O_RDWR);
+  if (fd < 0) return;
+  unsigned char h[REC_HDR];
+  long off = rec_off(3);
+  if (pread(fd, h, sizeof h, off) == (ssize_t)sizeof h) {
+    memset(h + 16, 0, 8);
+    h[16] = 0xe8, h[17] = 0x03; /* 1000 */
+    uint32_t c = (uint32_t)crc32_z(0, h + 8, REC_HDR - 8);
+    for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(c >> (8 * i));
+    if (pwrite(fd, h, sizeof h, off) != (ssize_t)sizeof h) perror("pwrite");
+  }
+  close(fd);
+}
+
 MG_TEST(damage_is_skipped_and_counted) {
   uint64_t ids[16];
   mg_wal_stats_t st;
@@ -543,6 +560,12 @@ MG_TEST(damage_is_skipped_and_counted) {
   CHECK_U64(ids[3], 7);
   CHECK_U64(st.corrupt_records, 3);
   CHECK_U64(st.corrupt_bytes, (uint64_t)(rec_off(7) - rec_off(4)));
+
+  n = damaged(forge_id3, ids, &st, &bad);
+  CHECK_INT(n, 9);
+  CHECK_U64(ids[2], 4);
+  CHECK_U64(st.corrupt_records, 1);
+  CHECK_U64(st.next_id, 11); /* not 1001 */
 
   n = damaged(magic_in_garbage, ids, &st, &bad);
   CHECK_INT(n, 8);
