@@ -50,52 +50,9 @@ static int read_u16(parser_t *p, unsigned *out) {
   return 0;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
-  if (cp < 0x80) {
-    o[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    o[0] = (char)(0xC0 | cp >> 6);
-    o[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    o[0] = (char)(0xE0 | cp >> 12);
-    o[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-    o[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-  }
-  o[0] = (char)(0xF0 | cp >> 18);
-  o[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-  o[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-  o[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
-}
 
 /* Length of the valid UTF-8 sequence at s[0..avail) (RFC 3629 table), 0
  * if invalid. s[0] >= 0x80. */
-static size_t utf8_len(const unsigned char *s, size_t avail) {
-  unsigned char c = s[0];
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (avail < n || s[1] < lo || s[1] > hi) return 0;
-  for (size_t k = 2; k < n; k++)
-    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
-  return n;
-}
 
 /* At the opening quote. Unescapes into out (may be NULL: validate only). */
 static int parse_string(parser_t *p, char *out, size_t *outlen) {
@@ -136,7 +93,7 @@ static int parse_string(parser_t *p, char *out, size_t *outlen) {
           if (lo < 0xDC00 || lo > 0xDFFF) return fail(p, "unpaired high surrogate");
           cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         }
-        if (out) o += put_utf8(out + o, cp);
+        if (out) o += mg_utf8_put(out + o, cp);
         continue;
       }
       default: p->i -= 1; return fail(p, "invalid escape");
@@ -151,7 +108,7 @@ static int parse_string(parser_t *p, char *out, size_t *outlen) {
       p->i++;
       continue;
     }
-    size_t k = utf8_len(p->s + p->i, p->n - p->i);
+    size_t k = mg_utf8_seq(p->s + p->i, p->n - p->i);
     if (!k) return fail(p, "invalid UTF-8");
     if (out) memcpy(out + o, p->s + p->i, k);
     o += k;

@@ -77,29 +77,6 @@ static const char *skip_blank(const char *p, const char *end) {
 /* ---- UTF-8 (the rules of Go's utf8.Valid: no overlongs, no surrogates,
  * nothing above U+10FFFF) ------------------------------------------------ */
 
-/* Length of the multi-byte sequence at p (p[0] >= 0x80), or 0 if invalid. */
-static size_t utf8_seq(const uint8_t *p, const uint8_t *end) {
-  size_t avail = (size_t)(end - p);
-  uint8_t c = p[0], lo = 0x80, hi = 0xBF;
-  size_t n;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (avail < n || p[1] < lo || p[1] > hi) return 0;
-  for (size_t i = 2; i < n; i++)
-    if ((p[i] & 0xC0) != 0x80) return 0;
-  return n;
-}
 
 /* Offset of the first byte that is not valid UTF-8, or n. */
 static size_t utf8_check(const char *s, size_t n) {
@@ -109,7 +86,7 @@ static size_t utf8_check(const char *s, size_t n) {
       p++;
       continue;
     }
-    size_t k = utf8_seq(p, end);
+    size_t k = mg_utf8_seq(p, (size_t)(end - p));
     if (!k) break;
     p += k;
   }
@@ -472,7 +449,7 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
         next_line(st, p);
         continue;
       }
-      size_t k = utf8_seq((const uint8_t *)p, (const uint8_t *)end);
+      size_t k = mg_utf8_seq((const unsigned char *)p, (size_t)(end - p));
       if (!k) return fail(st, p, "invalid UTF-8 in label value");
       p += k;
     }

@@ -31,6 +31,14 @@ typedef struct mg_label {
 int mg_str_cmp(mg_str_t a, mg_str_t b);
 bool mg_str_has_prefix(mg_str_t s, const char *prefix);
 
+/* UTF-8 (the rules of Go's utf8.Valid: no overlongs, no surrogates,
+ * nothing above U+10FFFF). Length of the multi-byte sequence at p
+ * (p[0] >= 0x80) within avail bytes, or 0 when it is not well-formed. */
+size_t mg_utf8_seq(const unsigned char *p, size_t avail);
+/* Encode code point cp (<= 0x10FFFF) into o, which has room for 4 bytes;
+ * returns the bytes written. */
+size_t mg_utf8_put(char *o, unsigned cp);
+
 /* 64-bit hash of bytes (XXH3, seedable). */
 uint64_t mg_hash64(const void *p, size_t n, uint64_t seed);
 

@@ -50,26 +50,9 @@ static void skip_space(parser_t *p) {
 /* Length of a valid UTF-8 sequence at s (RFC 3629), 0 if invalid; also
  * refuses U+FFFE/U+FFFF, which XML does not allow. */
 static size_t utf8_len(const unsigned char *s, size_t avail) {
-  unsigned char c = s[0];
-  if (c < 0x80) return 1;
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (avail < n || s[1] < lo || s[1] > hi) return 0;
-  for (size_t k = 2; k < n; k++)
-    if (s[k] < 0x80 || s[k] > 0xBF) return 0;
-  if (n == 3 && c == 0xEF && s[1] == 0xBF && (s[2] == 0xBE || s[2] == 0xBF)) return 0;
+  if (s[0] < 0x80) return 1;
+  size_t n = mg_utf8_seq(s, avail);
+  if (n == 3 && s[0] == 0xEF && s[1] == 0xBF && (s[2] == 0xBE || s[2] == 0xBF)) return 0;
   return n;
 }
 
@@ -103,28 +86,6 @@ static int parse_name(parser_t *p, mg_str_t *out) {
   return 0;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
-  if (cp < 0x80) {
-    o[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    o[0] = (char)(0xC0 | cp >> 6);
-    o[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    o[0] = (char)(0xE0 | cp >> 12);
-    o[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-    o[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-  }
-  o[0] = (char)(0xF0 | cp >> 18);
-  o[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-  o[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-  o[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
-}
 
 /* At '&'. Appends the decoded character to out (NULL: validate only). */
 static int parse_entity(parser_t *p, char *out, size_t *olen) {
@@ -162,7 +123,7 @@ static int parse_entity(parser_t *p, char *out, size_t *olen) {
             (cp >= 0x10000 && cp <= 0x10FFFF);
   if (!ok) return fail(p, "character reference to a character XML does not allow");
   char tmp[4];
-  size_t k = put_utf8(out ? out + *olen : tmp, (unsigned)cp);
+  size_t k = mg_utf8_put(out ? out + *olen : tmp, (unsigned)cp);
   *olen += k;
   return 0;
 }
