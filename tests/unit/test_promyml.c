@@ -146,7 +146,7 @@ MG_TEST(aws_walkthrough) {
   mg_conf_free(c);
 }
 
-/* What /work/shared/bench/run.sh writes. */
+/* What the shared bench harness (bench/run.sh there) writes. */
 MG_TEST(bench_file) {
   char yaml[4096];
   int n = snprintf(yaml, sizeof(yaml),
