@@ -1,9 +1,15 @@
 /* mg_wal: the durable buffer of one destination: append-only segment files of
- * checksummed records (snappy-compressed remote-write batches), acknowledged
- * positions that survive restarts, a size cap and an age cap. Owns one
- * directory. Plain blocking file I/O, no libuv: see "Cost" below.
- *
- * Design (docs/durability.md has the on-disk format and the reasoning):
+ * checksummed records (compressed remote-write batches), acknowledged
+ * positions that survive restarts, size and age caps. Owns one directory.
+ * Blocking file I/O, no libuv; fsync only in mg_wal_sync (see "Cost"). */
+#ifndef MG_WAL_H
+#define MG_WAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Design (docs/durability.md has the on-disk format and the reasoning):
  * - One WAL per destination, shared by all its shards. Each record carries
  *   the shard it was appended by ("tag") and the shard count of that run.
  *   Reader r of this run gets the records with tag % nshards == r, in
@@ -12,7 +18,8 @@
  *   of a newer shard count are held back (mg_wal_next says MG_EAGAIN) until
  *   every older record of a different shard count is acknowledged: a series
  *   may have moved to another shard, and its old samples must reach the
- *   receiver before its new ones (receivers reject out-of-order samples).
+ *   receiver before its new ones (receivers commonly reject out-of-order
+ *   samples).
  * - Delivery is at least once. After a clean close nothing acknowledged is
  *   returned again (acks out of order within a shard are kept as up to
  *   1024 id ranges; beyond that, and at or above an unreadable segment, they
@@ -46,12 +53,6 @@
  * opts.sync_bytes of unsynced appends). An append is durable against a
  * process crash when it returns and against a power loss after the next
  * completed sync. opts.no_fsync skips fsync(2) altogether (tmpfs, tests). */
-#ifndef MG_WAL_H
-#define MG_WAL_H
-
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 
 /* Most shards a destination can have (the shard tag is stored in 16 bits;
  * the checkpoint stores one position per shard). */

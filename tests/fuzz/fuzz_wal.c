@@ -1,9 +1,7 @@
-/* libFuzzer driver for mg_wal recovery: the input becomes a checkpoint and
- * up to four segment files (raw, or with their CRCs fixed up so the fuzzer
- * reaches the logic behind them). The WAL is opened, drained, acked in part,
- * appended to, closed and reopened. Aborts unless nothing crashes, appended
- * records come back intact, acked ones stay acked, and nothing pending is
- * lost across the clean restart. */
+/* libFuzzer driver for mg_wal recovery: input bytes become a checkpoint and
+ * up to four segments (raw, or CRCs fixed up), opened, drained, acked in part,
+ * appended to and reopened. Aborts unless appended records come back intact,
+ * acked ones stay acked and nothing pending is lost over the restart. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdbool.h>

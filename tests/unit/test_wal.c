@@ -1,8 +1,7 @@
 /* Unit tests for mg_wal: round trips, restarts (clean and kill -9), damaged
- * and torn segments, size and age caps, per-shard checkpoints, resharding,
- * write errors via RLIMIT_FSIZE, a concurrent sync thread, allocation
- * failures, and the throughput and recovery figures in docs/durability.md.
- * Every test works in its own mkdtemp directory and removes it. */
+ * and torn segments, caps, checkpoints, resharding, write errors through
+ * RLIMIT_FSIZE, a sync thread, allocation failures, and the figures of
+ * docs/durability.md. Each test uses its own mkdtemp directory, removed. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
