@@ -179,8 +179,107 @@ mg_conf_creds_t *mg_conf_creds_add_source(mg_conf_creds_t *c, mg_creds_kind_t ki
   return c->source;
 }
 
+void mg_conf_val_free(mg_conf_val_t *v) {
+  if (!v) return;
+  if (v->s) mg_mem_wipe(v->s, strlen(v->s)); /* options may hold tokens and secret keys */
+  mg_free(v->s);
+  for (size_t i = 0; i < v->n; i++) {
+    if (v->keys) mg_free(v->keys[i]);
+    mg_conf_val_free(v->v[i]);
+  }
+  mg_free(v->keys);
+  mg_free(v->v);
+  mg_free(v);
+}
+
+mg_conf_val_t *mg_conf_val_new(mg_conf_val_type_t type, const char *s, uint32_t line) {
+  mg_conf_val_t *v = mg_calloc(1, sizeof *v);
+  if (!v) return NULL;
+  v->type = type;
+  v->line = line;
+  if (type == MG_CONF_VAL_SCALAR && mg_conf_set_str(&v->s, s ? s : "") != 0) {
+    mg_free(v);
+    return NULL;
+  }
+  return v;
+}
+
+static int val_grow(mg_conf_val_t *v) {
+  if (v->n < v->cap) return 0;
+  size_t cap = v->cap ? v->cap * 2 : 4;
+  mg_conf_val_t **nv = mg_realloc(v->v, cap * sizeof *nv);
+  if (!nv) return MG_ENOMEM;
+  v->v = nv;
+  if (v->type == MG_CONF_VAL_MAP) {
+    char **nk = mg_realloc(v->keys, cap * sizeof *nk);
+    if (!nk) return MG_ENOMEM;
+    v->keys = nk;
+  }
+  v->cap = cap;
+  return 0;
+}
+
+int mg_conf_val_push(mg_conf_val_t *list, mg_conf_val_t *item) {
+  if (list->type != MG_CONF_VAL_LIST || val_grow(list) != 0) {
+    mg_conf_val_free(item);
+    return list->type != MG_CONF_VAL_LIST ? MG_EINVAL : MG_ENOMEM;
+  }
+  list->v[list->n++] = item;
+  return 0;
+}
+
+int mg_conf_val_put(mg_conf_val_t *map, const char *key, mg_conf_val_t *item) {
+  char *k = NULL;
+  if (map->type != MG_CONF_VAL_MAP || val_grow(map) != 0 || mg_conf_set_str(&k, key) != 0) {
+    mg_conf_val_free(item);
+    return map->type != MG_CONF_VAL_MAP ? MG_EINVAL : MG_ENOMEM;
+  }
+  map->keys[map->n] = k;
+  map->v[map->n++] = item;
+  return 0;
+}
+
+const mg_conf_val_t *mg_conf_val_get(const mg_conf_val_t *map, const char *key) {
+  if (!map || map->type != MG_CONF_VAL_MAP) return NULL;
+  for (size_t i = map->n; i-- > 0;)
+    if (strcmp(map->keys[i], key) == 0) return map->v[i];
+  return NULL;
+}
+
+const char *mg_conf_val_str(const mg_conf_val_t *map, const char *key) {
+  const mg_conf_val_t *v = mg_conf_val_get(map, key);
+  return v && v->type == MG_CONF_VAL_SCALAR ? v->s : NULL;
+}
+
+mg_conf_sd_t *mg_conf_job_add_sd(mg_conf_job_t *j, const char *kind) {
+  if (j->nsds == j->sds_cap) {
+    size_t cap = j->sds_cap ? j->sds_cap * 2 : 2;
+    mg_conf_sd_t **n = mg_realloc(j->sds, cap * sizeof *n);
+    if (!n) return NULL;
+    j->sds = n;
+    j->sds_cap = cap;
+  }
+  mg_conf_sd_t *sd = mg_calloc(1, sizeof *sd);
+  if (!sd) return NULL;
+  sd->lua_ref = -1;
+  sd->opts = mg_conf_val_new(MG_CONF_VAL_MAP, NULL, 0);
+  if (!sd->opts || mg_conf_set_str(&sd->kind, kind) != 0) {
+    mg_conf_val_free(sd->opts);
+    mg_free(sd);
+    return NULL;
+  }
+  j->sds[j->nsds++] = sd;
+  return sd;
+}
+
 static void job_free(mg_conf_job_t *j) {
   if (!j) return;
+  for (size_t i = 0; i < j->nsds; i++) {
+    mg_free(j->sds[i]->kind);
+    mg_conf_val_free(j->sds[i]->opts);
+    mg_free(j->sds[i]);
+  }
+  mg_free(j->sds);
   mg_free(j->name);
   mg_free(j->scheme);
   mg_free(j->metrics_path);

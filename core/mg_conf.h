@@ -66,6 +66,30 @@ typedef struct mg_conf_target {
   mg_kvs_t labels;
 } mg_conf_target_t;
 
+/* Options of a discovery source as written (a YAML mapping or a Lua
+ * table), kept as a tree of strings: each provider (mg_sd) reads and
+ * checks its own fields. YAML scalars and Lua strings, numbers and
+ * booleans are all SCALAR text ("true", "30s", "8080"). */
+typedef enum { MG_CONF_VAL_SCALAR = 0, MG_CONF_VAL_LIST, MG_CONF_VAL_MAP } mg_conf_val_type_t;
+
+typedef struct mg_conf_val {
+  mg_conf_val_type_t type;
+  char *s;                /* SCALAR: the text */
+  char **keys;            /* MAP: member names, in the order written */
+  struct mg_conf_val **v; /* LIST: items; MAP: values (keys[i] -> v[i]) */
+  size_t n, cap;
+  uint32_t line; /* where it was written (0 = unknown) */
+} mg_conf_val_t;
+
+/* One discovery source of a job (file_sd_configs entry, kubernetes_sd_configs
+ * entry, a Lua targets function, ...). */
+typedef struct mg_conf_sd {
+  char *kind;          /* "file", "http", "dns", "kubernetes", "ec2", "lua" */
+  mg_conf_val_t *opts; /* a MAP, never NULL once added */
+  int lua_ref;         /* "lua": registry ref of the function in the plan's VM; -1 otherwise */
+  uint32_t line;
+} mg_conf_sd_t;
+
 typedef struct mg_conf_job {
   char *name;
   uint64_t interval_ms;
@@ -87,6 +111,8 @@ typedef struct mg_conf_job {
   size_t ntargets, targets_cap;
   mg_conf_relabels_t relabel_configs;        /* target relabeling, before scraping */
   mg_conf_relabels_t metric_relabel_configs; /* per series, after scraping */
+  mg_conf_sd_t **sds; /* discovery sources; their targets join the static ones */
+  size_t nsds, sds_cap;
 } mg_conf_job_t;
 
 typedef enum {
@@ -197,6 +223,20 @@ mg_conf_t *mg_conf_new(const char *path, mg_conf_source_t source);
 void mg_conf_free(mg_conf_t *c);
 mg_conf_job_t *mg_conf_add_job(mg_conf_t *c, const char *name);
 mg_conf_target_t *mg_conf_job_add_target(mg_conf_job_t *j, const char *address);
+/* Append a discovery source with an empty MAP of options. NULL on OOM. */
+mg_conf_sd_t *mg_conf_job_add_sd(mg_conf_job_t *j, const char *kind);
+/* Option trees: a new node (s copied for SCALAR, ignored otherwise), NULL
+ * on OOM; push to a LIST / put into a MAP take ownership of item (freed on
+ * failure too) and return 0 or MG_ENOMEM. */
+mg_conf_val_t *mg_conf_val_new(mg_conf_val_type_t type, const char *s, uint32_t line);
+int mg_conf_val_push(mg_conf_val_t *list, mg_conf_val_t *item);
+int mg_conf_val_put(mg_conf_val_t *map, const char *key, mg_conf_val_t *item);
+void mg_conf_val_free(mg_conf_val_t *v);
+/* Member of a MAP by name (the last one if repeated); NULL if absent or v
+ * is not a MAP. */
+const mg_conf_val_t *mg_conf_val_get(const mg_conf_val_t *map, const char *key);
+/* Text of a SCALAR member; NULL if absent or not a scalar. */
+const char *mg_conf_val_str(const mg_conf_val_t *map, const char *key);
 mg_conf_dest_t *mg_conf_add_dest(mg_conf_t *c, const char *name, mg_dest_kind_t kind);
 /* Append an empty rule (all fields unset) to a rule list. NULL on OOM. */
 mg_conf_relabel_t *mg_conf_relabels_add(mg_conf_relabels_t *rs);
