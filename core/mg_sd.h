@@ -33,9 +33,11 @@ typedef struct mg_sd_targets {
 mg_conf_target_t *mg_sd_targets_add(mg_sd_targets_t *ts, const char *address);
 void mg_sd_targets_cleanup(mg_sd_targets_t *ts);
 
-/* A provider's report. ok = false means the refresh failed (logged and
- * counted by the provider): the previous list stays, as in Prometheus;
- * ts is NULL then. Called on the loop thread, never from inside start. */
+/* A provider's report. ok = false means the refresh failed: the provider
+ * logs why (once per distinct error, no secrets); the runner counts it in
+ * moongate_sd_refresh_failures_total{kind} (providers do not count it
+ * themselves) and the previous list stays, as in Prometheus; ts is NULL
+ * then. Called on the loop thread, never from inside start. */
 typedef void (*mg_sd_update_fn)(void *ud, bool ok, const mg_sd_targets_t *ts);
 
 /* Everything a provider may use. creds_http is the client for cloud
@@ -68,5 +70,23 @@ const mg_sd_ops_t *mg_sd_find(const char *kind);
  * Loaders' callers (run, check, test, reload) call it after mg_conf_finish;
  * mg_conf itself knows nothing of providers. */
 int mg_sd_check_plan(const mg_conf_t *c, mg_conf_error_t *err);
+
+/* The running providers of a plan: one per (job, source). */
+typedef struct mg_sd_runner mg_sd_runner_t;
+
+/* Where a runner delivers a source's whole current list: job and source
+ * index into conf->jobs[job]->sds[source]. Not called for failures. ts is
+ * borrowed for the call. */
+typedef void (*mg_sd_sink_fn)(void *ud, size_t job, size_t source, const mg_sd_targets_t *ts);
+
+/* Start every discovery source of a checked plan (lua: the plan's
+ * mg_lua_vm_t *, may be NULL when no source is "lua"). 0 with *out set
+ * (NULL when the plan has no sources), or the first provider's start
+ * error (logged; the ones already started are stopped). conf, http, lua
+ * and the sink's target must outlive the runner. */
+int mg_sd_runner_start(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, void *lua, mg_sd_sink_fn sink,
+                       void *ud, mg_sd_runner_t **out);
+/* Stop every provider (the sink is not called afterwards) and free. */
+void mg_sd_runner_stop(mg_sd_runner_t *r);
 
 #endif
