@@ -1,13 +1,16 @@
-/* mg_sd: the table of discovery providers, target lists they report, and
- * the load-time check of every discovery source of a plan. Owns only the
- * lists it builds; providers own their own state. */
+/* mg_sd: the table of discovery providers, target lists they report, the
+ * load-time check of every discovery source of a plan, and the runner that
+ * starts one provider per source and forwards its reports to a sink.
+ * Owns the runner and the lists it builds; providers own their state. */
 #include "mg_sd.h"
 
 #include <stdio.h>
 #include <string.h>
 
 #include "mg_err.h"
+#include "mg_log.h"
 #include "mg_mem.h"
+#include "mg_metrics.h"
 
 /* One line per provider; the table ends with NULL. */
 static const mg_sd_ops_t *const providers[] = {
@@ -78,5 +81,93 @@ int mg_sd_check_plan(const mg_conf_t *c, mg_conf_error_t *err) {
       int rc = check_source(c, c->jobs[j], c->jobs[j]->sds[i], err);
       if (rc != 0) return rc;
     }
+  return 0;
+}
+
+/* ---- runner ------------------------------------------------------------- */
+
+typedef struct running {
+  struct mg_sd_runner *r;
+  const mg_sd_ops_t *ops;
+  void *state;
+  mg_sd_env_t env; /* providers may keep a pointer to it until stop */
+  size_t job, source;
+  mg_metric_t *failures;
+} running_t;
+
+struct mg_sd_runner {
+  running_t *v;
+  size_t n;
+  mg_sd_sink_fn sink;
+  void *ud;
+};
+
+static void on_update(void *ud, bool ok, const mg_sd_targets_t *ts) {
+  running_t *p = ud;
+  if (!ok || !ts) {
+    mg_metric_inc(p->failures);
+    return;
+  }
+  p->r->sink(p->r->ud, p->job, p->source, ts);
+}
+
+void mg_sd_runner_stop(mg_sd_runner_t *r) {
+  if (!r) return;
+  for (size_t i = r->n; i-- > 0;)
+    if (r->v[i].state) r->v[i].ops->stop(r->v[i].state);
+  mg_free(r->v);
+  mg_free(r);
+}
+
+static int start_one(mg_sd_runner_t *r, const mg_sd_env_t *env, size_t j, size_t i) {
+  const mg_conf_sd_t *sd = env->job->sds[i];
+  running_t *p = &r->v[r->n];
+  p->r = r;
+  p->job = j;
+  p->source = i;
+  p->ops = mg_sd_find(sd->kind);
+  if (!p->ops) return MG_EINVAL; /* mg_sd_check_plan refused it already */
+  p->failures = mg_metrics_counter("moongate_sd_refresh_failures_total",
+                                   "Discovery refreshes that failed (the previous targets stay).", "kind",
+                                   p->ops->kind, NULL);
+  if (!p->failures) p->failures = mg_metrics_dummy();
+  p->env = *env;
+  int rc = p->ops->start(&p->env, sd, on_update, p, &p->state);
+  if (rc) {
+    MG_ERROR("sd", "start_failed", "job=%s kind=%s err=%s", env->job->name, sd->kind, mg_err_name(rc));
+    p->state = NULL;
+    return rc;
+  }
+  r->n++;
+  return 0;
+}
+
+int mg_sd_runner_start(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, void *lua, mg_sd_sink_fn sink,
+                       void *ud, mg_sd_runner_t **out) {
+  *out = NULL;
+  size_t total = 0;
+  for (size_t j = 0; j < conf->njobs; j++) total += conf->jobs[j]->nsds;
+  if (!total) return 0;
+  mg_sd_runner_t *r = mg_calloc(1, sizeof *r);
+  /* Entries never move once started: providers hold pointers to them. */
+  if (!r || !(r->v = mg_calloc(total, sizeof *r->v))) {
+    mg_free(r);
+    return MG_ENOMEM;
+  }
+  r->sink = sink;
+  r->ud = ud;
+  for (size_t j = 0; j < conf->njobs; j++) {
+    mg_sd_env_t env = {loop, http, conf, conf->jobs[j], NULL};
+    for (size_t i = 0; i < conf->jobs[j]->nsds; i++) {
+      env.lua = strcmp(conf->jobs[j]->sds[i]->kind, "lua") == 0 ? lua : NULL;
+      int rc = start_one(r, &env, j, i);
+      if (rc) {
+        mg_sd_runner_stop(r);
+        return rc;
+      }
+    }
+  }
+  MG_INFO("sd", "started", "sources=%zu", r->n);
+  *out = r;
   return 0;
 }
