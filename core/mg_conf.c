@@ -251,6 +251,17 @@ const char *mg_conf_val_str(const mg_conf_val_t *map, const char *key) {
   return v && v->type == MG_CONF_VAL_SCALAR ? v->s : NULL;
 }
 
+bool mg_conf_val_equal(const mg_conf_val_t *a, const mg_conf_val_t *b) {
+  if (!a || !b) return a == b;
+  if (a->type != b->type || a->n != b->n) return false;
+  if (a->type == MG_CONF_VAL_SCALAR) return strcmp(a->s, b->s) == 0;
+  for (size_t i = 0; i < a->n; i++) {
+    if (a->type == MG_CONF_VAL_MAP && strcmp(a->keys[i], b->keys[i]) != 0) return false;
+    if (!mg_conf_val_equal(a->v[i], b->v[i])) return false;
+  }
+  return true;
+}
+
 mg_conf_sd_t *mg_conf_job_add_sd(mg_conf_job_t *j, const char *kind) {
   if (j->nsds == j->sds_cap) {
     size_t cap = j->sds_cap ? j->sds_cap * 2 : 2;

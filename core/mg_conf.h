@@ -237,6 +237,8 @@ void mg_conf_val_free(mg_conf_val_t *v);
 const mg_conf_val_t *mg_conf_val_get(const mg_conf_val_t *map, const char *key);
 /* Text of a SCALAR member; NULL if absent or not a scalar. */
 const char *mg_conf_val_str(const mg_conf_val_t *map, const char *key);
+/* Same tree: types, texts, keys in the same order (lines ignored). */
+bool mg_conf_val_equal(const mg_conf_val_t *a, const mg_conf_val_t *b);
 mg_conf_dest_t *mg_conf_add_dest(mg_conf_t *c, const char *name, mg_dest_kind_t kind);
 /* Append an empty rule (all fields unset) to a rule list. NULL on OOM. */
 mg_conf_relabel_t *mg_conf_relabels_add(mg_conf_relabels_t *rs);
