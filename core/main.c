@@ -71,7 +71,7 @@ typedef struct app {
   mg_dest_t **dests;
   size_t ndests;
   mg_scrape_t *scrape;
-  const char *path, *listen;
+  const char *path, *listen, *data_dir;
   int allow_unsafe;
   char *reload_token; /* secret; NULL: /-/reload needs no token */
   mg_metric_t *m_reload_ok, *m_reload_ts, *m_reloads_failed;
@@ -362,6 +362,8 @@ static int reload(app_t *a, char *msg, size_t msglen) {
       }
     if (!dests[i] && !(dests[i] = mg_dest_new(&a->loop.uv, a->http, conf->dests[i], &rc)))
       snprintf(msg, msglen, "destination %s: %s", conf->dests[i]->name, mg_err_str(rc));
+    else if (!rc && (rc = mg_dest_open_buffer(dests[i], a->data_dir, true)) != 0)
+      snprintf(msg, msglen, "destination %s: buffer: %s", conf->dests[i]->name, mg_err_str(rc));
   }
   mg_scrape_t *scrape = rc ? NULL : mg_scrape_new(&a->loop.uv, a->http, conf, dests, conf->ndests, &rc);
   if (!scrape) {
@@ -643,6 +645,7 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
   a.drain_ms = drain_ms;
   a.path = path;
   a.listen = listen;
+  a.data_dir = data_dir;
   a.allow_unsafe = allow_unsafe;
   if (reload_token_file) {
     mg_buf_t tok;
@@ -711,6 +714,11 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
       goto out;
     }
     a.ndests++;
+    if ((rc = mg_dest_open_buffer(a.dests[i], data_dir, false)) != 0) {
+      fprintf(stderr, "destination %s: durable buffer in %s/wal: %s%s\n", a.conf->dests[i]->name, data_dir,
+              mg_err_str(rc), rc == MG_EEXISTS ? " (another moongate uses this --data-dir)" : "");
+      goto out;
+    }
   }
   a.scrape = mg_scrape_new(&a.loop.uv, a.http, a.conf, a.dests, a.ndests, &rc);
   if (!a.scrape) {

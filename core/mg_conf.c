@@ -893,6 +893,9 @@ static int check_dest(check_t *k, mg_conf_dest_t *d) {
                 mg_conf_format_duration(q->max_backoff_ms, b, sizeof(b)));
   }
   if (!d->metadata_send_interval_ms) d->metadata_send_interval_ms = 60000;
+  if (!d->buffer.max_bytes) d->buffer.max_bytes = 1ull << 30;
+  if (d->buffer.max_bytes < (1u << 20))
+    return fail(k, "buffer: max_size must be at least 1MiB (it holds whole batches)");
   return 0;
 }
 
@@ -1184,6 +1187,12 @@ void mg_conf_print(const mg_conf_t *c, FILE *out) {
     fprintf(out, " backoff=%s..", mg_conf_format_duration(q->min_backoff_ms, a, sizeof(a)));
     fprintf(out, "%s retry_on_http_429=%s\n", mg_conf_format_duration(q->max_backoff_ms, a, sizeof(a)),
             q->retry_on_http_429 ? "true" : "false");
+    if (d->kind == MG_DEST_REMOTE_WRITE) {
+      if (d->buffer.memory_only) fprintf(out, "    buffer: memory_only=true\n");
+      else
+        fprintf(out, "    buffer: disk max_size=%" PRIu64 "B max_age=%s\n", d->buffer.max_bytes,
+                d->buffer.max_age_ms ? mg_conf_format_duration(d->buffer.max_age_ms, a, sizeof(a)) : "none");
+    }
     fprintf(out, "    metadata: send=%s send_interval=%s\n", d->send_metadata ? "true" : "false",
             mg_conf_format_duration(d->metadata_send_interval_ms, a, sizeof(a)));
   }
@@ -1246,7 +1255,9 @@ bool mg_conf_dest_equal(const mg_conf_dest_t *a, const mg_conf_dest_t *b) {
          q->max_shards == r->max_shards && q->min_shards == r->min_shards &&
          q->max_samples_per_send == r->max_samples_per_send && q->batch_send_deadline_ms == r->batch_send_deadline_ms &&
          q->min_backoff_ms == r->min_backoff_ms && q->max_backoff_ms == r->max_backoff_ms &&
-         q->retry_on_http_429 == r->retry_on_http_429 && a->sigv4.enabled == b->sigv4.enabled &&
+         q->retry_on_http_429 == r->retry_on_http_429 && a->buffer.memory_only == b->buffer.memory_only &&
+         a->buffer.max_bytes == b->buffer.max_bytes && a->buffer.max_age_ms == b->buffer.max_age_ms &&
+         a->sigv4.enabled == b->sigv4.enabled &&
          str_same(a->sigv4.region, b->sigv4.region) && str_same(a->sigv4.service, b->sigv4.service) &&
          creds_same(&a->sigv4.creds, &b->sigv4.creds) && relabels_same(&a->write_relabel_configs, &b->write_relabel_configs) &&
          a->send_metadata == b->send_metadata && a->metadata_send_interval_ms == b->metadata_send_interval_ms;

@@ -133,6 +133,15 @@ typedef struct mg_conf_queue {
   bool retry_on_http_429;          /* true */
 } mg_conf_queue_t;
 
+/* The durable buffer of a remote-write destination (mg_wal under
+ * DATA_DIR/wal/<destination>/): batches wait there, not in memory, until
+ * delivered, and survive restarts and crashes. */
+typedef struct mg_conf_buffer {
+  bool memory_only;    /* no disk buffer: batches wait in memory (256 MiB cap) and die with the process */
+  uint64_t max_bytes;  /* size cap of the files: 1 GiB; past it the oldest batches are dropped */
+  uint64_t max_age_ms; /* batches older than this are dropped: 0 = no age cap */
+} mg_conf_buffer_t;
+
 /* Where AWS credentials come from (mg_creds builds a provider from this).
  * Secret fields are wiped on free and never printed. */
 typedef enum {
@@ -184,6 +193,7 @@ typedef struct mg_conf_dest {
   mg_conf_tls_t tls;
   uint64_t remote_timeout_ms; /* 30000 */
   mg_conf_queue_t queue;
+  mg_conf_buffer_t buffer;
   mg_conf_sigv4_t sigv4;
   mg_conf_relabels_t write_relabel_configs; /* per destination, after external labels */
   bool send_metadata;                /* true */

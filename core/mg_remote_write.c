@@ -1,8 +1,15 @@
 /* mg_remote_write: per-destination shards. Each shard has an open batch
- * (a WriteRequest body under construction), a FIFO of sealed, snappy-
- * compressed requests, and at most one request in flight, so the samples
- * of one series are delivered in order. Sizes: the FIFO of all shards is
- * bounded by MAX_QUEUED_BYTES; past it the oldest batch is dropped. */
+ * (a WriteRequest body under construction) and at most one sealed,
+ * snappy-compressed request being sent (`cur`), so the samples of one
+ * series are delivered in order.
+ *
+ * Where sealed batches wait: with a durable buffer (mg_dest_open_buffer)
+ * in the destination's WAL, read back one at a time when the shard is
+ * free, so memory stays bounded however long the receiver is down; a
+ * batch the WAL could not take (disk full) waits in the shard's memory
+ * FIFO, remembering the WAL id it must follow. Without one, in the memory
+ * FIFO only. The FIFOs of all shards are bounded by MAX_QUEUED_BYTES; past
+ * it the oldest batch is dropped. */
 #include "mg_remote_write.h"
 
 #include <math.h>
@@ -20,6 +27,7 @@
 #include "mg_metrics.h"
 #include "mg_sigv4.h"
 #include "mg_sink.h"
+#include "mg_wal.h"
 #include "mg_wire.h"
 
 /* In-memory budget of compressed requests per destination. At ~48 bytes
@@ -31,11 +39,16 @@
 #define MAX_RETRY_AFTER_MS (5u * 60u * 1000u)
 #define MAX_ERROR_BODY_LOG 512
 
+/* How often the durable buffer is fsynced and its figures published. */
+#define BUFFER_SYNC_MS 1000u
+
 typedef struct record {
   struct record *next;
   uint32_t nsamples;
   size_t len;
   char *data;
+  uint64_t wal_id;   /* its WAL record (ack it when finished); 0: memory only */
+  uint64_t order_id; /* memory only: WAL records below this id go first */
 } record_t;
 
 typedef struct shard {
@@ -45,8 +58,9 @@ typedef struct shard {
   uint32_t open_samples;
   uv_timer_t batch_timer; /* batch_send_deadline */
   uv_timer_t retry_timer; /* backoff */
-  record_t *head, *tail;
-  mg_http_req_t *req; /* non-NULL while head is in flight */
+  record_t *cur;        /* being sent or waiting to be retried */
+  record_t *head, *tail; /* memory FIFO (see the top of the file) */
+  mg_http_req_t *req;    /* non-NULL while cur is in flight */
   mg_creds_value_t *signed_with; /* credentials of the request in flight */
   mg_buf_t sig_debug;            /* canonical request + string to sign (debug) */
   uint32_t attempts;
@@ -70,6 +84,15 @@ struct mg_dest {
   bool creds_waiting;
   mg_sigv4_key_cache_t keys;
   char *sig_host, *sig_path, *sig_query, *sig_region, *sig_service;
+  /* Durable buffer (NULL: memory only). Syncs run on the thread pool, one
+   * at a time; the work request holds a reference. */
+  mg_wal_t *wal;
+  char *wal_dir;
+  mg_wal_opts_t wal_opts;
+  uv_timer_t sync_timer;
+  uv_work_t sync_work;
+  bool sync_running, sync_timer_init;
+  mg_wal_stats_t wal_seen; /* counters already turned into metrics */
   char last_error[300];     /* for the status page; "" after a success */
   int64_t last_success_ms;
   size_t queued_bytes;
@@ -87,7 +110,9 @@ struct mg_dest {
   unsigned long long last_full_log_ms, last_retry_log_ms, last_reject_log_ms;
   /* metrics */
   mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
-      *m_drop_sink, *m_last_success;
+      *m_drop_sink, *m_last_success, *m_shards;
+  mg_metric_t *m_buf_bytes, *m_buf_records, *m_buf_degraded, *m_buf_recovered, *m_buf_write_errors,
+      *m_buf_sync_errors, *m_drop_buffer_full, *m_drop_too_old, *m_drop_corrupt;
 };
 
 static void dest_unref(mg_dest_t *d);
@@ -223,6 +248,10 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
   d->m_drop_4xx = dropped_metric(n, "http_4xx");
   d->m_drop_shutdown = dropped_metric(n, "shutdown");
   d->m_drop_sink = dropped_metric(n, "sink_error");
+  d->m_shards = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_shards",
+                                                 "Shards sending in parallel (one request in flight each).",
+                                                 "destination", n, NULL));
+  mg_metric_set(d->m_shards, d->nshards);
   for (uint32_t i = 0; i < d->nshards; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
   return d;
 fail:
@@ -255,16 +284,15 @@ static void free_record(record_t *r) {
   mg_free(r);
 }
 
-/* Drop the oldest queued batches of s (never the one in flight) until
- * `need` more bytes fit. */
+/* Drop the oldest batches of s's memory FIFO (never the one being sent)
+ * until `need` more bytes fit. */
 static int make_room(shard_t *s, size_t need) {
   mg_dest_t *d = s->d;
   while (d->queued_bytes + need > MAX_QUEUED_BYTES) {
-    record_t **pp = s->req ? &s->head->next : &s->head;
-    record_t *victim = *pp;
+    record_t *victim = s->head;
     if (!victim) return -1;
-    *pp = victim->next;
-    if (s->tail == victim) s->tail = s->req ? s->head : NULL;
+    s->head = victim->next;
+    if (!s->head) s->tail = NULL;
     d->queued_bytes -= victim->len;
     mg_metric_add(d->m_drop_full, victim->nsamples);
     set_pending(d, -(int64_t)victim->nsamples);
@@ -276,8 +304,201 @@ static int make_room(shard_t *s, size_t need) {
   return 0;
 }
 
+/* ---- durable buffer ---- */
+
+/* Turn the WAL's counters into metrics: what its caps dropped or recovery
+ * found damaged leaves the pending count. */
+static void publish_buffer(mg_dest_t *d) {
+  mg_wal_stats_t st, *o = &d->wal_seen;
+  mg_wal_stats(d->wal, &st);
+  uint64_t full = st.dropped_full_samples - o->dropped_full_samples,
+           old = st.dropped_old_samples - o->dropped_old_samples, bad = st.corrupt_samples - o->corrupt_samples;
+  mg_metric_add(d->m_drop_buffer_full, (double)full);
+  mg_metric_add(d->m_drop_too_old, (double)old);
+  mg_metric_add(d->m_drop_corrupt, (double)bad);
+  if (full + old + bad) set_pending(d, -(int64_t)(full + old + bad));
+  mg_metric_add(d->m_buf_write_errors, (double)(st.write_errors - o->write_errors));
+  mg_metric_add(d->m_buf_sync_errors, (double)(st.sync_errors - o->sync_errors));
+  mg_metric_set(d->m_buf_bytes, (double)st.bytes);
+  mg_metric_set(d->m_buf_records, (double)st.pending_records);
+  mg_metric_set(d->m_buf_degraded, st.degraded ? 1 : 0);
+  *o = st;
+}
+
+static void on_sync_work(uv_work_t *w) {
+  mg_dest_t *d = w->data;
+  (void)mg_wal_sync(d->wal); /* failures are logged and counted by mg_wal */
+}
+
+static void start_sync(mg_dest_t *d);
+
+static void on_sync_done(uv_work_t *w, int status) {
+  mg_dest_t *d = w->data;
+  (void)status;
+  d->sync_running = false;
+  if (!d->closing) {
+    publish_buffer(d);
+    if (mg_wal_sync_wanted(d->wal)) start_sync(d);
+  }
+  dest_unref(d);
+}
+
+/* One sync at a time on the thread pool; it holds a reference, so the WAL
+ * is closed only after it finished (mg_wal_close must not overlap it). */
+static void start_sync(mg_dest_t *d) {
+  if (!d->wal || d->sync_running || d->closing) return;
+  d->sync_work.data = d;
+  if (uv_queue_work(d->loop, &d->sync_work, on_sync_work, on_sync_done) != 0) return;
+  d->sync_running = true;
+  d->refs++;
+}
+
+static void on_sync_tick(uv_timer_t *t) { start_sync(t->data); }
+
+static void kick_all(mg_dest_t *d) {
+  for (uint32_t i = 0; i < d->nshards; i++) kick(&d->shards[i]);
+}
+
+static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples);
+
+/* DATA_DIR/wal/<name>, with anything but [A-Za-z0-9._-] in the name as
+ * '_' and then a hash of the real name, so two names never share one. */
+static char *buffer_dir(const char *data_dir, const char *name) {
+  mg_buf_t b;
+  mg_buf_init(&b, 0);
+  int rc = mg_buf_printf(&b, "%s/wal/", data_dir);
+  bool changed = !strcmp(name, ".") || !strcmp(name, "..");
+  for (const char *p = name; !rc && *p; p++) {
+    char c = *p;
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-';
+    changed |= !ok;
+    rc = mg_buf_append(&b, ok ? &c : "_", 1);
+  }
+  if (!rc && changed) rc = mg_buf_printf(&b, "-%08x", (unsigned)mg_hash64(name, strlen(name), 0));
+  if (!rc) rc = mg_buf_append(&b, "", 1);
+  size_t len;
+  char *out = rc ? NULL : mg_buf_steal(&b, &len);
+  mg_buf_cleanup(&b);
+  return out;
+}
+
+static void register_buffer_metrics(mg_dest_t *d) {
+  const char *n = d->conf->name;
+  d->m_buf_bytes = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_buffer_bytes",
+                                                    "Size of the durable buffer's files.", "destination", n, NULL));
+  d->m_buf_records = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_buffer_batches",
+                                                      "Batches in the durable buffer not yet delivered.",
+                                                      "destination", n, NULL));
+  d->m_buf_degraded = metric_or_dummy(mg_metrics_gauge(
+      "moongate_remote_write_buffer_degraded",
+      "1 while the durable buffer cannot be written (disk full, read-only): batches wait in memory.", "destination", n,
+      NULL));
+  d->m_buf_recovered = metric_or_dummy(mg_metrics_counter("moongate_remote_write_buffer_recovered_samples_total",
+                                                          "Samples found undelivered in the durable buffer at start.",
+                                                          "destination", n, NULL));
+  d->m_buf_write_errors = metric_or_dummy(mg_metrics_counter("moongate_remote_write_buffer_write_errors_total",
+                                                             "Failed writes to the durable buffer.", "destination", n,
+                                                             NULL));
+  d->m_buf_sync_errors = metric_or_dummy(mg_metrics_counter("moongate_remote_write_buffer_sync_errors_total",
+                                                            "Failed fsyncs or checkpoints of the durable buffer.",
+                                                            "destination", n, NULL));
+  d->m_drop_buffer_full = dropped_metric(n, "buffer_full");
+  d->m_drop_too_old = dropped_metric(n, "too_old");
+  d->m_drop_corrupt = dropped_metric(n, "corrupt");
+}
+
+static int try_open_buffer(mg_dest_t *d) {
+  mg_wal_t *w;
+  int rc = mg_wal_open(d->wal_dir, &d->wal_opts, &w);
+  if (rc) return rc;
+  d->wal = w;
+  if (!d->m_buf_bytes) register_buffer_metrics(d);
+  mg_wal_stats(w, &d->wal_seen);
+  const mg_wal_stats_t *st = &d->wal_seen;
+  /* What open found: undelivered batches join the pending count; what it
+   * had to drop never was in it. */
+  set_pending(d, (int64_t)st->recovered_samples);
+  mg_metric_add(d->m_buf_recovered, (double)st->recovered_samples);
+  mg_metric_add(d->m_drop_corrupt, (double)st->corrupt_samples);
+  mg_metric_add(d->m_drop_too_old, (double)st->dropped_old_samples);
+  mg_metric_set(d->m_buf_bytes, (double)st->bytes);
+  mg_metric_set(d->m_buf_records, (double)st->pending_records);
+  MG_INFO("remote_write", "buffer_open", "destination=%s dir=\"%s\" bytes=%llu recovered_samples=%llu "
+          "corrupt_samples=%llu", d->conf->name, d->wal_dir, (unsigned long long)st->bytes,
+          (unsigned long long)st->recovered_samples, (unsigned long long)st->corrupt_samples);
+  /* Batches that waited in memory for the buffer (a reload's predecessor
+   * held it) go in after its backlog, in order. */
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    shard_t *s = &d->shards[i];
+    record_t *r = s->head;
+    s->head = s->tail = NULL;
+    while (r) {
+      record_t *next = r->next;
+      d->queued_bytes -= r->len;
+      enqueue(s, r->data, r->len, r->nsamples);
+      mg_free(r);
+      r = next;
+    }
+  }
+  uv_timer_start(&d->sync_timer, on_sync_tick, BUFFER_SYNC_MS, BUFFER_SYNC_MS);
+  kick_all(d);
+  return 0;
+}
+
+static void on_reopen_tick(uv_timer_t *t) {
+  mg_dest_t *d = t->data;
+  int rc = try_open_buffer(d);
+  if (rc == 0 || rc == MG_EEXISTS) return;
+  uv_timer_stop(t);
+  MG_ERROR("remote_write", "buffer_unavailable", "destination=%s dir=\"%s\" err=%s hint=\"batches wait in memory "
+           "only\"", d->conf->name, d->wal_dir, mg_err_name(rc));
+}
+
+int mg_dest_open_buffer(mg_dest_t *d, const char *data_dir, bool wait_if_busy) {
+  if (d->sink || d->conf->buffer.memory_only || !data_dir || d->wal_dir) return 0;
+  if (!(d->wal_dir = buffer_dir(data_dir, d->conf->name))) return MG_ENOMEM;
+  d->wal_opts = (mg_wal_opts_t){
+      .max_bytes = d->conf->buffer.max_bytes,
+      .max_age_ms = d->conf->buffer.max_age_ms,
+      .nshards = d->nshards,
+      .name = d->conf->name,
+  };
+  uv_timer_init(d->loop, &d->sync_timer);
+  d->sync_timer.data = d;
+  d->sync_timer_init = true;
+  d->refs++;
+  int rc = try_open_buffer(d);
+  if (rc == MG_EEXISTS && wait_if_busy) {
+    MG_INFO("remote_write", "buffer_busy", "destination=%s dir=\"%s\" hint=\"the previous configuration's "
+            "destination is draining; batches wait in memory until it is done\"", d->conf->name, d->wal_dir);
+    uv_timer_start(&d->sync_timer, on_reopen_tick, BUFFER_SYNC_MS, BUFFER_SYNC_MS);
+    return 0;
+  }
+  return rc;
+}
+
+/* A sealed batch: into the WAL when there is one and it takes it, else
+ * into the memory FIFO. */
 static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   mg_dest_t *d = s->d;
+  uint64_t order_id = 0;
+  if (d->wal) {
+    int rc = mg_wal_append(d->wal, s->idx, data, len, nsamples, NULL);
+    if (rc == 0) {
+      mg_free(data);
+      mg_metric_set(d->m_buf_degraded, 0);
+      if (mg_wal_sync_wanted(d->wal)) start_sync(d);
+      kick(s);
+      return;
+    }
+    /* Disk full, read-only, quota (logged by mg_wal): keep it in memory,
+     * after every WAL record appended so far. */
+    mg_wal_stats_t st;
+    mg_wal_stats(d->wal, &st);
+    order_id = st.next_id;
+    mg_metric_set(d->m_buf_degraded, 1);
+  }
   record_t *r = mg_malloc(sizeof *r);
   if (!r || make_room(s, len) != 0) {
     mg_free(r);
@@ -290,6 +511,8 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   r->nsamples = nsamples;
   r->len = len;
   r->data = data;
+  r->wal_id = 0;
+  r->order_id = order_id;
   if (s->tail) s->tail->next = r;
   else s->head = r;
   s->tail = r;
@@ -437,19 +660,46 @@ static void schedule_retry(shard_t *s, uint64_t retry_after_ms) {
   uv_timer_start(&s->retry_timer, on_retry_timer, delay, 0);
 }
 
-static void pop_head(shard_t *s) {
-  record_t *r = s->head;
-  s->head = r->next;
-  if (!s->head) s->tail = NULL;
+/* The batch being sent is finished: delivered, or refused for good. */
+static void finish_cur(shard_t *s) {
+  record_t *r = s->cur;
+  s->cur = NULL;
+  if (r->wal_id) (void)mg_wal_ack(s->d->wal, r->wal_id); /* MG_ENOTFOUND: a cap dropped it meanwhile */
   s->d->queued_bytes -= r->len;
   free_record(r);
+}
+
+/* The shard's next batch in order: WAL records older than the memory
+ * FIFO's head first, then the head. NULL when there is none (or no memory
+ * now: a later seal or response kicks again). */
+static record_t *take_next(shard_t *s) {
+  mg_dest_t *d = s->d;
+  record_t *h = s->head;
+  if (d->wal && !(h && !h->order_id)) {
+    record_t *r = mg_malloc(sizeof *r);
+    if (!r) return NULL;
+    mg_wal_record_t rec;
+    int rc = mg_wal_next(d->wal, s->idx, h ? h->order_id : 0, &rec);
+    if (rc == 0) {
+      *r = (record_t){.nsamples = rec.nsamples, .len = rec.len, .data = rec.data, .wal_id = rec.id};
+      d->queued_bytes += r->len;
+      return r;
+    }
+    mg_free(r);
+    if (rc != MG_EAGAIN) return NULL;
+  }
+  if (!h) return NULL;
+  s->head = h->next;
+  if (!s->head) s->tail = NULL;
+  h->next = NULL;
+  return h;
 }
 
 static void on_response(void *ud, int err, const char *detail, mg_http_response_t *resp) {
   shard_t *s = ud;
   mg_dest_t *d = s->d;
   s->req = NULL;
-  record_t *r = s->head;
+  record_t *r = s->cur;
   mg_creds_value_t *signed_with = s->signed_with;
   s->signed_with = NULL;
   if (err == MG_ECANCELED || d->closing) {
@@ -474,7 +724,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     d->last_error[0] = '\0';
     set_pending(d, -(int64_t)r->nsamples);
     s->attempts = 0;
-    pop_head(s);
+    finish_cur(s);
   } else if (err || resp->status >= 500 || (resp->status == 429 && d->conf->queue.retry_on_http_429)) {
     uint64_t ra = err ? 0 : parse_retry_after(mg_http_response_header(resp, "retry-after"));
     if (err) snprintf(d->last_error, sizeof d->last_error, "%s: %s", mg_err_name(err), detail ? detail : "");
@@ -537,7 +787,7 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     snprintf(d->last_error, sizeof d->last_error, "HTTP %d: batch rejected and dropped", resp->status);
     set_pending(d, -(int64_t)r->nsamples);
     s->attempts = 0;
-    pop_head(s);
+    finish_cur(s);
   }
   mg_creds_value_unref(signed_with);
   dest_unref(d);
@@ -628,8 +878,9 @@ static int sign_request(shard_t *s, const record_t *r, mg_sigv4_result_t *out) {
 
 static void kick(shard_t *s) {
   mg_dest_t *d = s->d;
-  if (d->closing || s->req || s->backing_off || !s->head) return;
-  record_t *r = s->head;
+  if (d->closing || s->req || s->backing_off) return;
+  if (!s->cur && !(s->cur = take_next(s))) return;
+  record_t *r = s->cur;
   mg_http_header_t hdrs[64 + 8];
   size_t nh = 0;
   for (size_t i = 0; i < d->nheaders && nh < 64; i++) hdrs[nh++] = d->headers[i];
@@ -663,9 +914,26 @@ static void finish_drain(mg_dest_t *d) {
 static void check_drained(mg_dest_t *d) {
   if (!d->draining) return;
   for (uint32_t i = 0; i < d->nshards; i++)
-    if (d->shards[i].head || d->shards[i].req || d->shards[i].open.len) return;
+    if (d->shards[i].head || d->shards[i].cur || d->shards[i].open.len) return;
   if (d->sink && mg_sink_pending(d->sink)) return;
+  if (d->wal) {
+    mg_wal_stats_t st;
+    mg_wal_stats(d->wal, &st);
+    if (st.pending_records) return;
+  }
   finish_drain(d);
+}
+
+/* Samples only in memory: what a shutdown loses. */
+static uint64_t memory_only_samples(const mg_dest_t *d) {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < d->nshards; i++) {
+    const shard_t *s = &d->shards[i];
+    n += s->open_samples;
+    if (s->cur && !s->cur->wal_id) n += s->cur->nsamples;
+    for (const record_t *r = s->head; r; r = r->next) n += r->nsamples;
+  }
+  return n;
 }
 
 /* One timer polls the drain: responses finish it early through
@@ -681,10 +949,15 @@ static void on_drain_tick(uv_timer_t *t) {
     uv_timer_start(t, on_drain_tick, 20, 0);
     return;
   }
-  if (d->pending_samples) {
+  uint64_t lost = d->wal ? memory_only_samples(d) : d->pending_samples;
+  if (d->pending_samples > lost)
+    MG_INFO("remote_write", "drain_persisted", "destination=%s buffered_samples=%llu dir=\"%s\" "
+            "hint=\"sent after the next start\"", d->conf->name, (unsigned long long)(d->pending_samples - lost),
+            d->wal_dir);
+  if (lost) {
     MG_WARN("remote_write", "drain_incomplete", "destination=%s undelivered_samples=%llu", d->conf->name,
-            (unsigned long long)d->pending_samples);
-    mg_metric_add(d->m_drop_shutdown, (double)d->pending_samples);
+            (unsigned long long)lost);
+    mg_metric_add(d->m_drop_shutdown, (double)lost);
   }
   finish_drain(d);
 }
@@ -712,11 +985,18 @@ static void dest_unref(mg_dest_t *d) {
   if (--d->refs) return;
   for (uint32_t i = 0; i < d->nshards; i++) {
     shard_t *s = &d->shards[i];
-    while (s->head) pop_head(s);
+    free_record(s->cur); /* a WAL record not acked is sent again after the next start */
+    while (s->head) {
+      record_t *r = s->head;
+      s->head = r->next;
+      free_record(r);
+    }
     mg_buf_cleanup(&s->open);
     mg_buf_cleanup(&s->sig_debug);
     mg_creds_value_unref(s->signed_with);
   }
+  mg_wal_close(d->wal); /* a last sync; no sync work is running (it holds a reference) */
+  mg_free(d->wal_dir);
   mg_sigv4_key_cache_cleanup(&d->keys);
   mg_free(d->sig_host);
   mg_free(d->sig_path);
@@ -745,5 +1025,6 @@ void mg_dest_free(mg_dest_t *d) {
     uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
   }
   uv_close((uv_handle_t *)&d->drain_timer, on_handle_closed);
+  if (d->sync_timer_init) uv_close((uv_handle_t *)&d->sync_timer, on_handle_closed);
   dest_unref(d);
 }

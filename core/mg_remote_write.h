@@ -28,6 +28,16 @@ void mg_remote_write_sigv4_debug(bool on);
  * region from the configuration or the AMP URL) with credentials from the
  * provider built for it; while none are available batches stay queued. */
 mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err);
+/* Give a remote-write destination its durable buffer (conf->buffer) in
+ * DATA_DIR/wal/<name>/ before anything is appended: batches then wait on
+ * disk, not in memory, and what a previous run left undelivered is sent
+ * first. A no-op for local sinks and buffer.memory_only. Errors: MG_EEXISTS
+ * (another process uses the directory), MG_EIO (cannot create or read it),
+ * MG_ENOMEM. wait_if_busy (reload: the previous configuration's
+ * destination of the same name still drains into it): instead of
+ * MG_EEXISTS, keep batches in memory and take the buffer over as soon as
+ * it is free. */
+int mg_dest_open_buffer(mg_dest_t *d, const char *data_dir, bool wait_if_busy);
 const char *mg_dest_name(const mg_dest_t *d);
 /* After a reload: point the destination at the new plan's copy of its
  * settings, which mg_conf_dest_equal found identical (the old plan is
@@ -68,8 +78,8 @@ void mg_dest_info(const mg_dest_t *d, mg_dest_info_t *out);
 
 /* Shutdown: seal, keep sending until everything is delivered or
  * deadline_ms passed, then call done (deferred, exactly once). What is left
- * is counted as dropped with reason "shutdown" (the durable buffer of a
- * later version keeps it instead). */
+ * stays in the durable buffer for the next start; what only memory held is
+ * counted as dropped with reason "shutdown". */
 void mg_dest_drain(mg_dest_t *d, uint64_t deadline_ms, void (*done)(void *ud), void *ud);
 /* Stop everything, free in the last close callback. In-flight requests are
  * canceled. */
