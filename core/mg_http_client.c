@@ -112,6 +112,7 @@ struct mg_http_req {
   conn_t *conn;
   rstate_t state;
   mg_http_done_cb cb;
+  mg_http_body_cb on_body;
   void *ud;
   mg_buf_t head; /* request line and headers, built once */
   const char *body;
@@ -382,6 +383,19 @@ static void conn_send(conn_t *conn) {
   if (rc < 0) conn_fail(conn, rc, "send to %s: %s", conn->addr, mg_err_str(rc));
 }
 
+/* A streaming request gets the decoded bytes of a 2xx body as they come,
+ * and the buffer is emptied, so a response that never ends stays bounded. */
+static int stream_body(conn_t *conn) {
+  mg_http_req_t *r = conn->req;
+  if (!r->on_body || !mg_http_parser_headers_done(conn->parser)) return 0;
+  int status = mg_http_parser_status(conn->parser);
+  mg_buf_t *b = r->body_out ? r->body_out : &r->own_body;
+  if (status < 200 || status > 299 || b->len == 0) return 0;
+  int rc = r->on_body(r->ud, b->data, b->len);
+  mg_buf_reset(b);
+  return rc;
+}
+
 /* Plaintext response bytes. */
 static void conn_input(conn_t *conn, const char *data, size_t n) {
   if (!conn->req) {
@@ -391,6 +405,12 @@ static void conn_input(conn_t *conn, const char *data, size_t n) {
   conn->req->got_bytes = true;
   size_t used = 0;
   int rc = mg_http_parser_feed(conn->parser, data, n, &used);
+  int src = rc >= 0 ? stream_body(conn) : 0;
+  if (src < 0) {
+    uv_read_stop((uv_stream_t *)&conn->tcp);
+    conn_fail(conn, src, "response body refused by the caller: %s", mg_err_str(src));
+    return;
+  }
   if (rc == MG_HTTP_MORE) return;
   if (rc < 0) {
     /* Stop reading at once: an over-limit body is not drained. */
@@ -853,6 +873,7 @@ int mg_http_client_request(mg_http_client_t *c, const mg_http_request_t *req, mg
   }
   r->cli = c;
   r->cb = cb;
+  r->on_body = req->on_body;
   r->ud = ud;
   r->body = req->body;
   r->body_len = req->body_len;

@@ -33,6 +33,12 @@ typedef struct mg_http_tls_opts {
   bool insecure_skip_verify;
 } mg_http_tls_opts_t;
 
+/* A piece of a streamed response body (see mg_http_request_t.on_body), ud
+ * being the request's. Return 0 to go on, or a negative mg_err to stop: the
+ * connection is closed and the completion callback runs with that error.
+ * It must not cancel the request or free the client itself. */
+typedef int (*mg_http_body_cb)(void *ud, const char *data, size_t len);
+
 typedef struct mg_http_request {
   const char *method; /* "GET", "POST", "PUT" */
   const char *url;    /* http[s]://host[:port]/path[?query]; IPv6 as [::1]; no userinfo */
@@ -49,6 +55,13 @@ typedef struct mg_http_request {
   /* Optional caller-owned buffer that receives the decoded body (reset
    * first). Lets scrapes reuse buffers. NULL: the client uses its own. */
   mg_buf_t *body_out;
+  /* Optional streaming (long responses such as a Kubernetes watch): the
+   * decoded body of a 2xx response is handed over as it arrives and not
+   * kept (resp->body is then empty in the completion callback); other
+   * statuses are collected as usual so their message is there. max_body
+   * then bounds what one read decodes (and a Content-Length body as a
+   * whole). */
+  mg_http_body_cb on_body;
 } mg_http_request_t;
 
 typedef struct mg_http_response {

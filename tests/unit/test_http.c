@@ -945,6 +945,90 @@ MG_TEST(client_hostile_servers) {
   mg_buf_cleanup(&r.body);
 }
 
+/* Streamed bodies (on_body): what the callback saw, across pieces. */
+typedef struct streamed {
+  result_t r; /* first: the request's ud is both callbacks' */
+  mg_buf_t small; /* the first bytes, for comparisons */
+  size_t total;
+  int pieces;
+  size_t stop_after; /* refuse once this many bytes arrived; 0 = never */
+} streamed_t;
+
+static int on_piece(void *ud, const char *data, size_t len) {
+  streamed_t *s = ud;
+  s->pieces++;
+  s->total += len;
+  if (s->small.len < 64) mg_buf_append(&s->small, data, len < 64 ? len : 64);
+  return s->stop_after && s->total >= s->stop_after ? MG_ETOOBIG : 0;
+}
+
+static void stream_case(raw_mode_t mode, mg_http_request_t req, streamed_t *s) {
+  memset(s, 0, sizeof *s);
+  result_init(&s->r);
+  mg_buf_init(&s->small, 0);
+  req.on_body = on_piece;
+  raw_case(mode, req, &s->r, NULL);
+}
+
+MG_TEST(client_streams_bodies_to_a_callback) {
+  streamed_t s;
+  /* 50 MiB of chunks through a 1 MiB limit: each read is handed over and
+   * dropped, so the limit bounds a piece, not the stream. */
+  stream_case(RAW_STREAM, (mg_http_request_t){.max_body = 1u << 20, .timeout_ms = 60000}, &s);
+  CHECK_INT(s.r.err, 0);
+  CHECK_INT(s.r.status, 200);
+  CHECK_U64(s.total, 50u << 20);
+  CHECK(s.pieces > 50);
+  CHECK_INT(s.r.body.len, 0); /* nothing kept for the completion */
+  mg_buf_cleanup(&s.r.body);
+  mg_buf_cleanup(&s.small);
+
+  stream_case(RAW_CHUNKED, (mg_http_request_t){0}, &s);
+  CHECK_INT(s.r.err, 0);
+  CHECK_MEM(s.small.data, s.small.len, "hello world", 11);
+  mg_buf_cleanup(&s.r.body);
+  mg_buf_cleanup(&s.small);
+
+  /* The callback's error ends the request with that error. */
+  memset(&s, 0, sizeof s);
+  result_init(&s.r);
+  mg_buf_init(&s.small, 0);
+  s.stop_after = 3u << 20;
+  raw_case(RAW_STREAM, (mg_http_request_t){.on_body = on_piece, .timeout_ms = 60000}, &s.r, NULL);
+  CHECK_INT(s.r.err, MG_ETOOBIG);
+  CHECK(strstr(s.r.detail, "refused by the caller") != NULL);
+  CHECK(s.total < (10u << 20));
+  mg_buf_cleanup(&s.r.body);
+  mg_buf_cleanup(&s.small);
+
+  /* Other statuses are collected whole, so their message is there. */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cur_loop = &loop;
+  mg_http_server_t *srv = test_server(&loop, "127.0.0.1:0", NULL);
+  REQUIRE(srv);
+  mg_http_client_t *c = mg_http_client_new(&loop, NULL);
+  memset(&s, 0, sizeof s);
+  result_init(&s.r);
+  mg_buf_init(&s.small, 0);
+  char url[128];
+  url_for(url, sizeof url, "http", "127.0.0.1", mg_http_server_port(srv), "/nope");
+  do_request(&loop, c, &(mg_http_request_t){.url = url, .on_body = on_piece}, &s.r);
+  CHECK_INT(s.r.status, 404);
+  CHECK(s.r.body.len > 0);
+  CHECK_INT(s.pieces, 0);
+  url_for(url, sizeof url, "http", "127.0.0.1", mg_http_server_port(srv), "/hello");
+  do_request(&loop, c, &(mg_http_request_t){.url = url, .on_body = on_piece}, &s.r);
+  CHECK_INT(s.r.status, 200);
+  CHECK_MEM(s.small.data, s.small.len, "hello world", 11);
+  CHECK_INT(s.r.body.len, 0);
+  mg_http_client_free(c);
+  mg_http_server_free(srv);
+  finish_loop(&loop);
+  mg_buf_cleanup(&s.r.body);
+  mg_buf_cleanup(&s.small);
+}
+
 MG_TEST(client_connect_refused_and_free_in_flight) {
   uv_loop_t loop;
   uv_loop_init(&loop);
