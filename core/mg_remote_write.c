@@ -91,7 +91,8 @@ struct mg_dest {
   mg_wal_opts_t wal_opts;
   uv_timer_t sync_timer;
   uv_work_t sync_work;
-  bool sync_running, sync_timer_init;
+  uv_check_t seal_check; /* seals what this loop iteration appended */
+  bool sync_running, sync_timer_init, seal_armed;
   mg_wal_stats_t wal_seen; /* counters already turned into metrics */
   char last_error[300];     /* for the status page; "" after a success */
   int64_t last_success_ms;
@@ -360,6 +361,7 @@ static void kick_all(mg_dest_t *d) {
 }
 
 static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples);
+static void seal(shard_t *s);
 
 /* DATA_DIR/wal/<name>, with anything but [A-Za-z0-9._-] in the name as
  * '_' and then a hash of the real name, so two names never share one. */
@@ -446,6 +448,18 @@ static int try_open_buffer(mg_dest_t *d) {
   return 0;
 }
 
+/* With a durable buffer every scrape's samples reach it before the loop
+ * waits again (so kill -9 loses nothing scraped): what the iteration's
+ * callbacks appended is sealed here, after them. Scrapes that finish in
+ * the same iteration share batches. */
+static void on_seal_check(uv_check_t *h) {
+  mg_dest_t *d = h->data;
+  uv_check_stop(h);
+  d->seal_armed = false;
+  for (uint32_t i = 0; i < d->nshards; i++)
+    if (d->shards[i].open.len) seal(&d->shards[i]);
+}
+
 static void on_reopen_tick(uv_timer_t *t) {
   mg_dest_t *d = t->data;
   int rc = try_open_buffer(d);
@@ -466,8 +480,10 @@ int mg_dest_open_buffer(mg_dest_t *d, const char *data_dir, bool wait_if_busy) {
   };
   uv_timer_init(d->loop, &d->sync_timer);
   d->sync_timer.data = d;
+  uv_check_init(d->loop, &d->seal_check);
+  d->seal_check.data = d;
   d->sync_timer_init = true;
-  d->refs++;
+  d->refs += 2;
   int rc = try_open_buffer(d);
   if (rc == MG_EEXISTS && wait_if_busy) {
     MG_INFO("remote_write", "buffer_busy", "destination=%s dir=\"%s\" hint=\"the previous configuration's "
@@ -571,6 +587,10 @@ int mg_dest_append(mg_dest_t *d, uint64_t series_hash, const void *entry, size_t
   }
   s->open_samples += nsamples;
   set_pending(d, nsamples);
+  if (d->wal && !d->seal_armed) {
+    uv_check_start(&d->seal_check, on_seal_check);
+    d->seal_armed = true;
+  }
   if (s->open_samples >= d->conf->queue.max_samples_per_send) seal(s);
   return 0;
 }
@@ -1025,6 +1045,9 @@ void mg_dest_free(mg_dest_t *d) {
     uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
   }
   uv_close((uv_handle_t *)&d->drain_timer, on_handle_closed);
-  if (d->sync_timer_init) uv_close((uv_handle_t *)&d->sync_timer, on_handle_closed);
+  if (d->sync_timer_init) {
+    uv_close((uv_handle_t *)&d->sync_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&d->seal_check, on_handle_closed);
+  }
   dest_unref(d);
 }
