@@ -23,6 +23,7 @@ typedef struct parser {
   char *text;
   size_t tlen;
   mg_xml_leaf_cb cb;
+  mg_xml_end_cb end;
   void *ud;
 } parser_t;
 
@@ -238,6 +239,7 @@ static int parse_start(parser_t *p) {
   if (at(p, "/>")) {
     p->i += 2;
     rc = p->cb(p->ud, p->path, p->depth, mg_str_n(p->text, 0));
+    if (!rc && p->end) rc = p->end(p->ud, p->path, p->depth);
     p->depth--;
     return rc;
   }
@@ -257,6 +259,7 @@ static int parse_end(parser_t *p) {
   p->i++;
   rc = 0;
   if (!p->has_child[p->depth - 1]) rc = p->cb(p->ud, p->path, p->depth, mg_str_n(p->text, p->tlen));
+  if (!rc && p->end) rc = p->end(p->ud, p->path, p->depth);
   p->depth--;
   return rc;
 }
@@ -303,12 +306,17 @@ static int parse_content(parser_t *p) {
 }
 
 int mg_xml_parse(const char *doc, size_t len, mg_xml_leaf_cb cb, void *ud, mg_xml_error_t *err) {
+  mg_xml_handlers_t h = {.leaf = cb};
+  return mg_xml_parse_ex(doc, len, &h, ud, err);
+}
+
+int mg_xml_parse_ex(const char *doc, size_t len, const mg_xml_handlers_t *h, void *ud, mg_xml_error_t *err) {
   if (err) *err = (mg_xml_error_t){0, NULL};
-  if (!cb || (len && !doc)) return MG_EINVAL;
-  if (len > MG_XML_MAX_INPUT) return MG_ETOOBIG;
+  if (!h || !h->leaf || (len && !doc)) return MG_EINVAL;
+  if (len > (h->max_input ? h->max_input : MG_XML_MAX_INPUT) || len == SIZE_MAX) return MG_ETOOBIG;
   parser_t *p = mg_calloc(1, sizeof *p);
   if (!p) return MG_ENOMEM;
-  *p = (parser_t){.s = (const unsigned char *)doc, .n = len, .err = err, .cb = cb, .ud = ud};
+  *p = (parser_t){.s = (const unsigned char *)doc, .n = len, .err = err, .cb = h->leaf, .end = h->end, .ud = ud};
   p->text = mg_malloc(len + 1);
   if (!p->text) {
     mg_free(p);

@@ -1,5 +1,6 @@
 /* libFuzzer driver for mg_xml and the STS answers built on it: any input
- * is accepted or refused the same way twice; accepted leaves have a path of
+ * is accepted or refused the same way twice (and with element ends, which
+ * follow each leaf at once); accepted leaves have a path of
  * non-empty names within the depth limit and valid UTF-8 text; the error
  * line lies inside the input; mg_creds_parse_sts (AssumeRole and
  * AssumeRoleWithWebIdentity, HTTP 200 and 403) yields a well-formed value
@@ -104,6 +105,29 @@ static int on_leaf(void *ud, const mg_str_t *path, size_t depth, mg_str_t text) 
   return 0;
 }
 
+/* Element ends: every leaf ends right after it is reported, and every
+ * end is at a depth within the limit. */
+typedef struct ends {
+  st_t leaves;
+  int ends, open_leaf;
+} ends_t;
+
+static int count_leaf(void *ud, const mg_str_t *path, size_t depth, mg_str_t text) {
+  ends_t *e = ud;
+  ENSURE(e->open_leaf == 0);
+  e->open_leaf = (int)depth;
+  return on_leaf(&e->leaves, path, depth, text);
+}
+
+static int count_end(void *ud, const mg_str_t *path, size_t depth) {
+  ends_t *e = ud;
+  ENSURE(depth >= 1 && depth <= MG_XML_MAX_DEPTH && path[depth - 1].n > 0);
+  ENSURE(e->open_leaf == 0 || e->open_leaf == (int)depth);
+  e->open_leaf = 0;
+  e->ends++;
+  return 0;
+}
+
 static bool printable(const char *s, size_t max) {
   size_t n = strlen(s);
   if (n == 0 || n > max) return false;
@@ -121,6 +145,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rb = mg_xml_parse(in, size, on_leaf, &b, &eb);
   ENSURE(ra == rb && a.leaves == b.leaves && a.digest == b.digest);
   ENSURE(ra == 0 || ra == MG_EPARSE);
+  ends_t e = {0};
+  mg_xml_handlers_t h = {.leaf = count_leaf, .end = count_end};
+  ENSURE(mg_xml_parse_ex(in, size, &h, &e, NULL) == ra && e.leaves.digest == a.digest);
+  ENSURE(e.leaves.leaves == a.leaves && (ra != 0 || e.ends >= a.leaves));
   if (ra) {
     uint32_t lines = 1;
     for (size_t i = 0; i < size; i++) lines += data[i] == '\n';

@@ -140,4 +140,42 @@ MG_TEST(xml_errors_and_limits) {
   mg_buf_cleanup(&out);
 }
 
+static int render_end(void *ud, const mg_str_t *path, size_t depth) {
+  mg_buf_t *b = ud;
+  mg_buf_printf(b, "end %.*s@%zu\n", (int)path[depth - 1].n, path[depth - 1].p, depth);
+  return 0;
+}
+
+static int stop_at_item(void *ud, const mg_str_t *path, size_t depth) {
+  (void)ud;
+  return mg_str_eq_c(path[depth - 1], "item") ? 42 : 0;
+}
+
+MG_TEST(xml_element_ends) {
+  mg_buf_t out;
+  mg_buf_init(&out, 0);
+  const char *doc = "<r><set><item><k>a</k><v/></item><item><k>b</k></item></set><n>1</n></r>";
+  mg_xml_handlers_t h = {.leaf = render, .end = render_end};
+  CHECK_INT(mg_xml_parse_ex(doc, strlen(doc), &h, &out, NULL), 0);
+  CHECK_STR(out.data, "r/set/item/k=a\nend k@4\nr/set/item/v=\nend v@4\nend item@3\n"
+                      "r/set/item/k=b\nend k@4\nend item@3\nend set@2\nr/n=1\nend n@2\nend r@1\n");
+  h.end = stop_at_item;
+  CHECK_INT(mg_xml_parse_ex(doc, strlen(doc), &h, &out, NULL), 42);
+  /* A caller's limit above the default, and one below it. */
+  h = (mg_xml_handlers_t){.leaf = render, .max_input = 3};
+  CHECK_INT(mg_xml_parse_ex("<a/>", 4, &h, &out, NULL), MG_ETOOBIG);
+  h.max_input = (size_t)MG_XML_MAX_INPUT * 4;
+  mg_buf_t big;
+  mg_buf_init(&big, 0);
+  mg_buf_append_str(&big, "<r>");
+  while (big.len < (size_t)MG_XML_MAX_INPUT + 100) mg_buf_append_str(&big, "<i>x</i>");
+  mg_buf_append_str(&big, "</r>");
+  mg_buf_reset(&out);
+  CHECK_INT(mg_xml_parse_ex(big.data, big.len, &h, &out, NULL), 0);
+  CHECK_INT(mg_xml_parse(big.data, big.len, render, &out, NULL), MG_ETOOBIG);
+  CHECK_INT(mg_xml_parse_ex("<a/>", 4, NULL, NULL, NULL), MG_EINVAL);
+  mg_buf_cleanup(&big);
+  mg_buf_cleanup(&out);
+}
+
 MG_TEST_MAIN()
