@@ -32,9 +32,23 @@
 /* Final label count of one series: parsed + target + external labels. */
 #define MAX_SERIES_LABELS (MG_PARSE_MAX_LABELS + 2 * MAX_TARGET_LABELS + 1)
 
+/* What one discovery source of a job contributes. */
+typedef struct sd_source {
+  struct target **v; /* the targets it reports, each once (others may report them too) */
+  size_t n;
+  mg_conf_target_t *raw; /* its last report as given, before relabeling (a reload starts from it) */
+  size_t nraw;
+  bool reported;
+} sd_source_t;
+
 typedef struct job_metrics {
-  mg_metric_t *ok, *fail, *samples, *up, *down;
+  mg_metric_t *ok, *fail, *samples, *up, *down, *discovered;
   mg_relabel_t *metric_relabel; /* NULL: no metric_relabel_configs */
+  mg_relabel_t *target_relabel; /* NULL: no relabel_configs; kept for discovered targets */
+  char *auth_value;             /* Authorization of the job's targets (secret), NULL: none */
+  const mg_conf_job_t *job;     /* valid until mg_scrape_free returns */
+  sd_source_t *srcs;            /* one per discovery source of the job */
+  size_t nsrcs;
 } job_metrics_t;
 
 typedef struct target {
@@ -42,6 +56,11 @@ typedef struct target {
   const mg_conf_job_t *job;
   job_metrics_t *jm;
   size_t index;
+  size_t jobi;     /* index of its job in the plan */
+  unsigned claims; /* the static list and the discovery sources reporting it */
+  bool is_static;  /* from the job's static list: stays until reload */
+  bool gone;       /* discovery dropped it: its callbacks only release */
+  uint64_t ident;  /* hash of URL and labels: finds it again in its job */
   char *url;
   char *instance;
   mg_label_t labels[MAX_TARGET_LABELS]; /* sorted; strings owned by `strings` */
@@ -64,7 +83,7 @@ typedef struct target {
   char last_error[256];
   mg_http_header_t headers[3];
   char timeout_hdr[32];
-  char *auth_value;
+  const char *auth_value; /* the job's, borrowed */
 } target_t;
 
 struct mg_scrape {
@@ -73,8 +92,8 @@ struct mg_scrape {
   const mg_conf_t *conf;
   mg_dest_t **dests;
   size_t ndests;
-  target_t **targets;
-  size_t ntargets;
+  target_t **targets; /* grouped by job, in plan order */
+  size_t ntargets, targets_cap;
   job_metrics_t *jms;
   size_t njobs; /* the plan may be gone once mg_scrape_free returned */
   mg_label_t ext[MAX_TARGET_LABELS]; /* external labels, sorted */
@@ -99,7 +118,7 @@ struct mg_scrape {
   size_t nidle;
   uv_timer_t meta_timer;
   int meta_timer_init;
-  int stopped;
+  int started, stopped;
   unsigned refs;
   mg_metric_t *m_active;
   /* decisions */
@@ -872,7 +891,7 @@ static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t
   target_t *t = ud;
   mg_scrape_t *s = t->s;
   t->req = NULL;
-  if (err == MG_ECANCELED || s->stopped) {
+  if (err == MG_ECANCELED || s->stopped || t->gone) {
     release_body(t);
     target_unref(t);
     return;
@@ -914,7 +933,7 @@ static void on_scraped(void *ud, int err, const char *detail, mg_http_response_t
 static void on_tick(uv_timer_t *h) {
   target_t *t = h->data;
   mg_scrape_t *s = t->s;
-  if (s->stopped) return;
+  if (s->stopped || t->gone) return;
   if (t->req) {
     /* timeout <= interval, so this only happens when the loop lagged. */
     MG_DEBUG("scrape", "scrape_skipped", "job=%s target=%s reason=previous_still_running", t->job->name, t->url);
@@ -978,18 +997,24 @@ static int url_append_escaped(mg_buf_t *b, const char *v) {
 }
 
 
-/* A target lives until its timer is closed and its last request's callback
- * ran (a canceled scrape still calls back, later). */
-static void target_unref(target_t *t) {
-  if (--t->refs) return;
-  mg_scrape_t *s = t->s;
+/* Free a target's memory: one never scheduled (a duplicate, an unchanged
+ * rediscovered target), or one whose last reference went. */
+static void target_discard(target_t *t) {
+  if (!t) return;
   mg_series_cleanup(&t->series);
   mg_buf_cleanup(&t->strings);
   mg_buf_cleanup(&t->meta);
   mg_buf_cleanup(&t->meta_next);
   mg_free(t->url);
-  mg_mem_free_secret(t->auth_value);
   mg_free(t);
+}
+
+/* A target lives until its timer is closed and its last request's callback
+ * ran (a canceled scrape still calls back, later). */
+static void target_unref(target_t *t) {
+  if (--t->refs) return;
+  mg_scrape_t *s = t->s;
+  target_discard(t);
   scrape_unref(s);
 }
 
@@ -1072,16 +1097,20 @@ static int target_url(mg_buf_t *u, const mg_conf_job_t *job, const mg_labels_t *
   return rc ? MG_ETOOBIG : 0;
 }
 
-static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metrics_t *jm, const mg_labels_t *tl,
-                            uint64_t interval_ms, uint64_t timeout_ms, int *err) {
+/* Build a target from its relabeled labels: URL, own labels, identity.
+ * Not scheduled yet (target_activate does it), so a duplicate costs only
+ * its memory. */
+static target_t *target_new(mg_scrape_t *s, size_t jobi, const mg_labels_t *tl, uint64_t interval_ms,
+                            uint64_t timeout_ms, int *err) {
   target_t *t = mg_calloc(1, sizeof *t);
   if (!t) {
     *err = MG_ENOMEM;
     return NULL;
   }
   t->s = s;
-  t->job = job;
-  t->jm = jm;
+  t->jobi = jobi;
+  t->jm = &s->jms[jobi];
+  t->job = t->jm->job;
   t->up = -1;
   t->interval_ms = interval_ms;
   t->timeout_ms = timeout_ms;
@@ -1091,29 +1120,40 @@ static target_t *target_new(mg_scrape_t *s, const mg_conf_job_t *job, job_metric
   mg_series_init(&t->series);
   mg_buf_t u;
   mg_buf_init(&u, 8192);
-  int rc = target_url(&u, job, tl);
+  int rc = target_url(&u, t->job, tl);
   if (!rc) rc = take_target_labels(t, tl, mg_labels_get(tl, MG_STR_LIT("__address__")));
-  if (!rc) rc = mg_auth_header(&job->auth, &t->auth_value);
   if (rc) {
     mg_buf_cleanup(&u);
-    mg_buf_cleanup(&t->strings);
-    mg_buf_cleanup(&t->meta);
-    mg_buf_cleanup(&t->meta_next);
-    mg_mem_free_secret(t->auth_value);
-    mg_free(t);
+    target_discard(t);
     *err = rc;
     return NULL;
   }
   t->url = mg_buf_steal(&u, NULL);
+  t->ident = mg_hash64(t->url, strlen(t->url), t->seed);
+  t->auth_value = t->jm->auth_value;
   snprintf(t->timeout_hdr, sizeof t->timeout_hdr, "%g", (double)timeout_ms / 1000.0);
   t->headers[0] = (mg_http_header_t){"Accept", ACCEPT_HEADER};
   t->headers[1] = (mg_http_header_t){"X-Prometheus-Scrape-Timeout-Seconds", t->timeout_hdr};
   if (t->auth_value) t->headers[2] = (mg_http_header_t){"Authorization", t->auth_value};
+  return t;
+}
+
+static void target_arm(target_t *t) {
+  uint64_t interval = t->interval_ms ? t->interval_ms : 60000;
+  /* Stable offset per target spreads scrapes over the interval. */
+  uv_timer_start(&t->timer, on_tick, t->seed % interval, interval);
+}
+
+/* Schedule a built target: from now on it is freed through its timer's
+ * close. Armed at once when the engine runs already. */
+static void target_activate(target_t *t) {
+  mg_scrape_t *s = t->s;
   uv_timer_init(s->loop, &t->timer);
   t->timer.data = t;
   t->refs = 1;
   s->refs++;
-  return t;
+  if (!t->is_static) mg_metric_add(t->jm->discovered, 1);
+  if (s->started && !s->stopped) target_arm(t);
 }
 
 /* The labels a target starts with, as Prometheus gives them to
@@ -1165,6 +1205,57 @@ static mg_metric_t *metric(mg_metric_type_t type, const char *name, const char *
   return m ? m : mg_metrics_dummy();
 }
 
+/* One target, static or discovered, through target relabeling, its
+ * interval/timeout overrides and the shard choice, then built (not yet
+ * scheduled). 0 with *out NULL when it is dropped, belongs to another
+ * shard or comes out invalid: logged, as a warning for a static target,
+ * at debug level for a discovered one (it comes back every refresh). */
+static int prepare_target(mg_scrape_t *s, size_t j, const mg_conf_target_t *ct, bool discovered, target_t **out) {
+  const mg_conf_job_t *job = s->jms[j].job;
+  *out = NULL;
+  bool keep = true;
+  int rc = target_start_labels(&s->lb, job, ct);
+  if (!rc) rc = mg_relabel_apply(s->jms[j].target_relabel, &s->lb, &keep);
+  if (rc && (!discovered || rc == MG_ENOMEM)) {
+    MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, ct->address, mg_err_name(rc));
+    return rc;
+  }
+  if (rc) {
+    MG_DEBUG("scrape", "target_invalid", "job=%s target=%s err=%s", job->name, ct->address, mg_err_name(rc));
+    return 0;
+  }
+  if (!keep) {
+    MG_DEBUG("scrape", "target_dropped", "job=%s target=%s reason=relabel_configs", job->name, ct->address);
+    return 0;
+  }
+  /* Relabeling may move the target: interval and timeout too. */
+  uint64_t iv = job->interval_ms, to = job->timeout_ms;
+  char d1[64], d2[64];
+  mg_str_t x = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_interval__")),
+           y = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_timeout__"));
+  snprintf(d1, sizeof d1, "%.*s", (int)x.n, x.p);
+  snprintf(d2, sizeof d2, "%.*s", (int)y.n, y.p);
+  mg_str_t address = mg_labels_get(&s->lb, MG_STR_LIT("__address__"));
+  if (!address.n || mg_conf_parse_duration(d1, &iv) != 0 || mg_conf_parse_duration(d2, &to) != 0 || !iv || to > iv) {
+    if (discovered)
+      MG_DEBUG("scrape", "target_invalid", "job=%s target=%s reason=\"after relabel_configs: empty __address__ or "
+               "bad __scrape_interval__/__scrape_timeout__\"", job->name, ct->address);
+    else
+      MG_WARN("scrape", "target_invalid", "job=%s target=%s reason=\"after relabel_configs: empty __address__ or "
+              "bad __scrape_interval__/__scrape_timeout__\"", job->name, ct->address);
+    return 0;
+  }
+  if (s->conf->shard_count > 1 && shard_of(address, s->conf->shard_count) != s->conf->shard_index) {
+    MG_DEBUG("scrape", "target_other_shard", "job=%s target=%s", job->name, ct->address);
+    return 0;
+  }
+  rc = 0;
+  *out = target_new(s, j, &s->lb, iv, to, &rc);
+  if (!*out) MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, ct->address,
+                      mg_err_name(rc));
+  return *out ? 0 : rc;
+}
+
 mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_t *conf, mg_dest_t **dests,
                            size_t ndests, int *err) {
   mg_scrape_t *s = mg_calloc(1, sizeof *s);
@@ -1208,6 +1299,7 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   size_t total = 0;
   for (size_t j = 0; j < conf->njobs; j++) total += conf->jobs[j]->ntargets;
   s->targets = mg_calloc(total ? total : 1, sizeof *s->targets);
+  s->targets_cap = total ? total : 1;
   s->jms = mg_calloc(conf->njobs ? conf->njobs : 1, sizeof *s->jms);
   s->njobs = s->jms ? conf->njobs : 0;
   if (!s->targets || !s->jms) {
@@ -1226,7 +1318,7 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
     jm->up = metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "up");
     jm->down =
         metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "down");
-    mg_relabel_t *target_relabel = NULL;
+    jm->job = job;
     char why[300];
     if (job->metric_relabel_configs.n &&
         mg_relabel_compile(&job->metric_relabel_configs, &jm->metric_relabel, why, sizeof why) != 0) {
@@ -1235,51 +1327,40 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
       mg_scrape_free(s);
       return NULL;
     }
-    if (job->relabel_configs.n && mg_relabel_compile(&job->relabel_configs, &target_relabel, why, sizeof why) != 0) {
+    if (job->relabel_configs.n &&
+        mg_relabel_compile(&job->relabel_configs, &jm->target_relabel, why, sizeof why) != 0) {
       MG_ERROR("scrape", "relabel_invalid", "job=%s field=relabel_configs error=\"%s\"", job->name, why);
       *err = MG_ECONFIG;
       mg_scrape_free(s);
       return NULL;
     }
-    for (size_t i = 0; i < job->ntargets; i++) {
-      const mg_conf_target_t *ct = job->targets[i];
-      bool keep = true;
-      int rc = target_start_labels(&s->lb, job, ct);
-      if (!rc) rc = mg_relabel_apply(target_relabel, &s->lb, &keep);
-      if (!rc && !keep) {
-        MG_DEBUG("scrape", "target_dropped", "job=%s target=%s reason=relabel_configs", job->name, ct->address);
-        continue;
-      }
-      /* Relabeling may move the target: interval and timeout too. */
-      uint64_t iv = job->interval_ms, to = job->timeout_ms;
-      char d1[64], d2[64];
-      mg_str_t x = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_interval__")),
-               y = mg_labels_get(&s->lb, MG_STR_LIT("__scrape_timeout__"));
-      snprintf(d1, sizeof d1, "%.*s", (int)x.n, x.p);
-      snprintf(d2, sizeof d2, "%.*s", (int)y.n, y.p);
-      if (!rc && (!mg_labels_get(&s->lb, MG_STR_LIT("__address__")).n || mg_conf_parse_duration(d1, &iv) != 0 ||
-                  mg_conf_parse_duration(d2, &to) != 0 || !iv || to > iv)) {
-        MG_WARN("scrape", "target_invalid", "job=%s target=%s reason=\"after relabel_configs: empty __address__ or "
-                "bad __scrape_interval__/__scrape_timeout__\"", job->name, ct->address);
-        continue;
-      }
-      if (!rc && conf->shard_count > 1 &&
-          shard_of(mg_labels_get(&s->lb, MG_STR_LIT("__address__")), conf->shard_count) != conf->shard_index) {
-        MG_DEBUG("scrape", "target_other_shard", "job=%s target=%s", job->name, ct->address);
-        continue;
-      }
-      target_t *t = rc ? NULL : target_new(s, job, jm, &s->lb, iv, to, &rc);
-      if (!t) {
-        MG_ERROR("scrape", "target_setup_failed", "job=%s target=%s err=%s", job->name, ct->address, mg_err_name(rc));
-        mg_relabel_free(target_relabel);
-        *err = rc;
-        mg_scrape_free(s);
-        return NULL;
-      }
+    /* Read once per job (credential files are read at start and reload
+     * only): discovered targets share it without touching the disk. */
+    int rc = 0;
+    if (job->ntargets || job->nsds) rc = mg_auth_header(&job->auth, &jm->auth_value);
+    if (!rc && job->nsds) {
+      jm->discovered = metric(MG_METRIC_GAUGE, "moongate_sd_discovered_targets",
+                              "Targets of a job that come from service discovery (after relabeling).", jn, NULL, NULL);
+      if (!(jm->srcs = mg_calloc(job->nsds, sizeof *jm->srcs))) rc = MG_ENOMEM;
+      else jm->nsrcs = job->nsds;
+    }
+    if (!jm->discovered) jm->discovered = mg_metrics_dummy();
+    for (size_t i = 0; !rc && i < job->ntargets; i++) {
+      target_t *t = NULL;
+      rc = prepare_target(s, j, job->targets[i], false, &t);
+      if (rc || !t) continue;
+      t->is_static = true;
+      t->claims = 1;
+      target_activate(t);
       t->index = s->ntargets;
       s->targets[s->ntargets++] = t;
     }
-    mg_relabel_free(target_relabel);
+    if (rc) {
+      MG_ERROR("scrape", "job_setup_failed", "job=%s err=%s", job->name, mg_err_name(rc));
+      *err = rc;
+      mg_scrape_free(s);
+      return NULL;
+    }
   }
   uv_timer_init(loop, &s->meta_timer);
   s->meta_timer.data = s;
@@ -1332,13 +1413,8 @@ static void on_meta_timer(uv_timer_t *h) {
 }
 
 int mg_scrape_start(mg_scrape_t *s) {
-  for (size_t i = 0; i < s->ntargets; i++) {
-    target_t *t = s->targets[i];
-    uint64_t interval = t->interval_ms ? t->interval_ms : 60000;
-    /* Stable offset per target spreads scrapes over the interval. */
-    uint64_t offset = t->seed % interval;
-    uv_timer_start(&t->timer, on_tick, offset, interval);
-  }
+  s->started = 1;
+  for (size_t i = 0; i < s->ntargets; i++) target_arm(s->targets[i]);
   uint64_t mi = 0;
   for (size_t d = 0; d < s->ndests; d++) {
     if (!mg_dest_wants_metadata(s->dests[d])) continue;
@@ -1427,15 +1503,258 @@ static void retire_target(target_t *t) {
   stage_commit(s);
 }
 
-void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old) {
-  mg_scrape_stop(old);
-  /* Pair targets by identity: sort pointers of the old ones by a hash of
-   * job, URL and labels. */
-  for (size_t i = 0; i < old->ntargets; i++) old->targets[i]->index = SIZE_MAX;
+/* ---- discovered targets --------------------------------------------------- */
+
+static void raw_free(mg_conf_target_t *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    mg_free(v[i].address);
+    mg_kvs_cleanup(&v[i].labels);
+  }
+  mg_free(v);
+}
+
+/* A copy of a source's report, kept for the next reload. */
+static int raw_copy(const mg_conf_target_t *v, size_t n, mg_conf_target_t **out) {
+  mg_conf_target_t *c = mg_calloc(n ? n : 1, sizeof *c);
+  if (!c) return MG_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    int rc = (c[i].address = mg_strdup(v[i].address ? v[i].address : "")) ? 0 : MG_ENOMEM;
+    for (size_t k = 0; !rc && k < v[i].labels.n; k++)
+      rc = mg_kvs_add(&c[i].labels, v[i].labels.v[k].name, v[i].labels.v[k].value);
+    if (rc) {
+      raw_free(c, i + 1);
+      return rc;
+    }
+  }
+  *out = c;
+  return 0;
+}
+
+/* A discovered target no source reports any more leaves: staleness
+ * markers for its series, then its timer closes (its memory goes when a
+ * scrape in flight has called back). */
+static void drop_target(target_t *t) {
+  retire_target(t);
+  if (t->up == 1) mg_metric_add(t->jm->up, -1);
+  if (t->up == 0) mg_metric_add(t->jm->down, -1);
+  t->up = -1;
+  mg_metric_add(t->jm->discovered, -1);
+  t->gone = true;
+  uv_timer_stop(&t->timer);
+  if (t->req) mg_http_client_cancel(t->req);
+  uv_close((uv_handle_t *)&t->timer, on_timer_closed);
+}
+
+static int ident_cmp(const void *a, const void *b) {
+  uint64_t x = (*(target_t *const *)a)->ident, y = (*(target_t *const *)b)->ident;
+  return x < y ? -1 : x > y;
+}
+
+/* In v (sorted by ident), a target equal to t (same URL and labels). */
+static target_t *find_same(target_t **v, size_t n, const target_t *t) {
+  size_t lo = 0, hi = n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (v[mid]->ident < t->ident) lo = mid + 1;
+    else hi = mid;
+  }
+  for (; lo < n && v[lo]->ident == t->ident; lo++)
+    if (v[lo] != t && same_target(v[lo], t)) return v[lo];
+  return NULL;
+}
+
+/* Relabel a report into the targets it means, each once (Prometheus
+ * dedupes identical targets within a job), each either a target the job
+ * has already (static or from any source) or a new, unscheduled one.
+ * *res holds them; on error nothing is left allocated. */
+static int resolve_report(mg_scrape_t *s, size_t job, const mg_conf_target_t *v, size_t n, target_t ***res,
+                          size_t *nres, size_t *nnew) {
+  target_t **cand = mg_calloc(n ? n : 1, sizeof *cand);
+  target_t **have = mg_calloc(s->ntargets ? s->ntargets : 1, sizeof *have);
+  size_t nc = 0, nh = 0;
+  int rc = cand && have ? 0 : MG_ENOMEM;
+  for (size_t i = 0; !rc && i < n; i++) {
+    target_t *t = NULL;
+    rc = prepare_target(s, job, &v[i], true, &t);
+    if (t) cand[nc++] = t;
+  }
+  if (rc) {
+    for (size_t i = 0; i < nc; i++) target_discard(cand[i]);
+    mg_free(cand);
+    mg_free(have);
+    return rc;
+  }
+  for (size_t i = 0; i < s->ntargets; i++)
+    if (s->targets[i]->jobi == job) have[nh++] = s->targets[i];
+  qsort(have, nh, sizeof *have, ident_cmp);
+  qsort(cand, nc, sizeof *cand, ident_cmp);
+  size_t nu = 0;
+  *nnew = 0;
+  for (size_t i = 0; i < nc; i++) {
+    target_t *t = cand[i];
+    /* Earlier duplicates of this report are already in cand[0..nu). */
+    if (find_same(cand, nu, t)) {
+      target_discard(t);
+      continue;
+    }
+    target_t *e = find_same(have, nh, t);
+    if (e) {
+      target_discard(t);
+      t = e;
+    } else {
+      (*nnew)++;
+    }
+    cand[nu++] = t; /* still sorted by ident: the idents are equal */
+  }
+  mg_free(have);
+  *res = cand;
+  *nres = nu;
+  return 0;
+}
+
+/* The targets array after a change to job `job`: the survivors in their
+ * order, the new ones at the end of the job's group (jobs stay grouped, in
+ * plan order, for the status page). Indexes renumbered. */
+static void rebuild_targets(mg_scrape_t *s, target_t **out, size_t job, target_t **added, size_t nadded) {
+  size_t n = 0;
+  bool placed = false;
   for (size_t i = 0; i < s->ntargets; i++) {
     target_t *t = s->targets[i];
-    for (size_t k = 0; k < old->ntargets; k++) {
-      target_t *o = old->targets[k];
+    if (!placed && t->jobi > job) {
+      for (size_t k = 0; k < nadded; k++) out[n++] = added[k];
+      placed = true;
+    }
+    if (!t->gone) out[n++] = t;
+  }
+  for (size_t k = 0; !placed && k < nadded; k++) out[n++] = added[k];
+  for (size_t i = 0; i < n; i++) out[i]->index = i;
+  mg_free(s->targets);
+  s->targets = out;
+  s->ntargets = n;
+}
+
+int mg_scrape_set_discovered(mg_scrape_t *s, size_t job, size_t source, const mg_conf_target_t *v, size_t n) {
+  if (job >= s->njobs || source >= s->jms[job].nsrcs) return MG_EINVAL;
+  if (s->stopped) return MG_ECLOSED;
+  job_metrics_t *jm = &s->jms[job];
+  sd_source_t *src = &jm->srcs[source];
+  if (n > MG_CONF_MAX_TARGETS) {
+    MG_WARN("scrape", "discovered_too_many", "job=%s source=%zu targets=%zu max=%d hint=\"previous targets kept\"",
+            jm->job->name, source, n, MG_CONF_MAX_TARGETS);
+    return MG_ETOOBIG;
+  }
+  mg_conf_target_t *raw = NULL;
+  target_t **res = NULL, **added = NULL, **arr = NULL;
+  size_t nres = 0, nnew = 0;
+  int rc = raw_copy(v, n, &raw);
+  if (!rc) rc = resolve_report(s, job, v, n, &res, &nres, &nnew);
+  if (!rc) {
+    added = mg_calloc(nnew ? nnew : 1, sizeof *added);
+    arr = mg_calloc(s->ntargets + nnew + 1, sizeof *arr);
+    if (!added || !arr) rc = MG_ENOMEM;
+  }
+  if (rc) {
+    for (size_t i = 0; i < nres; i++)
+      if (!res[i]->refs) target_discard(res[i]); /* new, never scheduled */
+    mg_free(res);
+    mg_free(added);
+    mg_free(arr);
+    raw_free(raw, raw ? n : 0);
+    MG_WARN("scrape", "discovered_update_failed", "job=%s source=%zu err=%s hint=\"previous targets kept\"",
+            jm->job->name, source, mg_err_name(rc));
+    return rc;
+  }
+  /* From here nothing fails. Claims first, so a target both lists hold
+   * never reaches zero. */
+  size_t na = 0, removed = 0;
+  for (size_t i = 0; i < nres; i++) {
+    target_t *t = res[i];
+    if (!t->refs) {
+      target_activate(t);
+      added[na++] = t;
+    }
+    t->claims++;
+  }
+  for (size_t i = 0; i < src->n; i++)
+    if (--src->v[i]->claims == 0) {
+      drop_target(src->v[i]);
+      removed++;
+    }
+  rebuild_targets(s, arr, job, added, na);
+  mg_free(added);
+  mg_free(src->v);
+  src->v = res;
+  src->n = nres;
+  raw_free(src->raw, src->nraw);
+  src->raw = raw;
+  src->nraw = n;
+  src->reported = true;
+  mg_metric_set(s->m_active, (double)mg_scrape_active_series(s));
+  if (na || removed)
+    MG_INFO("scrape", "targets_discovered", "job=%s source=%zu kind=%s reported=%zu added=%zu removed=%zu targets=%zu",
+            jm->job->name, source, jm->job->sds[source]->kind, n, na, removed, nres);
+  return 0;
+}
+
+/* Discovery across a reload. The new engine has no discovered targets
+ * until its providers report: left so, the pairing below would retire
+ * every discovered target of the old engine (staleness markers) and the
+ * first report would bring them back with new series tables, a gap in
+ * every discovered series. So a source of the new plan whose options
+ * equal those of a source of the same job in the old plan (kind and
+ * option tree; a Lua function counts as the same source when its options
+ * do) starts from that source's last report, relabeled under the new
+ * rules, and the pairing moves the series tables over. Its provider's
+ * first report then replaces the list like any later report: unchanged
+ * targets keep their series, vanished ones get staleness markers. A
+ * source whose options changed starts empty: its old targets go stale
+ * here and what it discovers starts afresh, as Prometheus does for a
+ * changed discovery config. */
+static void carry_discovered(mg_scrape_t *s, const mg_scrape_t *old) {
+  for (size_t j = 0; j < s->njobs; j++) {
+    const mg_conf_job_t *job = s->jms[j].job;
+    for (size_t oj = 0; oj < old->njobs && s->jms[j].nsrcs; oj++) {
+      const job_metrics_t *om = &old->jms[oj];
+      if (strcmp(om->job->name, job->name) != 0) continue;
+      bool *used = mg_calloc(om->nsrcs ? om->nsrcs : 1, sizeof *used);
+      if (!used) return; /* out of memory: the sources start empty, as if changed */
+      for (size_t i = 0; i < job->nsds; i++)
+        for (size_t k = 0; k < om->nsrcs; k++) {
+          const mg_conf_sd_t *a = job->sds[i], *b = om->job->sds[k];
+          if (used[k] || !om->srcs[k].reported || strcmp(a->kind, b->kind) != 0 ||
+              !mg_conf_val_equal(a->opts, b->opts))
+            continue;
+          used[k] = true;
+          mg_scrape_set_discovered(s, j, i, om->srcs[k].raw, om->srcs[k].nraw);
+          break;
+        }
+      mg_free(used);
+      break;
+    }
+  }
+}
+
+void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old) {
+  mg_scrape_stop(old);
+  carry_discovered(s, old);
+  /* Pair targets by identity: the old ones sorted by a hash of URL and
+   * labels, then compared in full (job included). */
+  for (size_t i = 0; i < old->ntargets; i++) old->targets[i]->index = SIZE_MAX;
+  target_t **byid = mg_mallocarray(old->ntargets ? old->ntargets : 1, sizeof *byid);
+  if (byid) {
+    memcpy(byid, old->targets, old->ntargets * sizeof *byid);
+    qsort(byid, old->ntargets, sizeof *byid, ident_cmp);
+  }
+  for (size_t i = 0; byid && i < s->ntargets; i++) {
+    target_t *t = s->targets[i];
+    size_t k = 0, hi = old->ntargets;
+    while (k < hi) {
+      size_t mid = k + (hi - k) / 2;
+      if (byid[mid]->ident < t->ident) k = mid + 1;
+      else hi = mid;
+    }
+    for (; k < old->ntargets && byid[k]->ident == t->ident; k++) {
+      target_t *o = byid[k];
       if (o->index != SIZE_MAX || !same_target(t, o)) continue;
       o->index = i; /* adopted */
       mg_series_table_t tmp = t->series;
@@ -1451,10 +1770,14 @@ void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old) {
       break;
     }
   }
+  /* Out of memory: nothing is paired; the old targets go stale below and
+   * the new ones start afresh. */
+  mg_free(byid);
   for (size_t k = 0; k < old->ntargets; k++) {
     target_t *o = old->targets[k];
     if (o->up == 1) mg_metric_add(o->jm->up, -1);
     if (o->up == 0) mg_metric_add(o->jm->down, -1);
+    if (!o->is_static) mg_metric_add(o->jm->discovered, -1);
     if (o->index == SIZE_MAX) retire_target(o);
     o->up = -1;
   }
@@ -1488,6 +1811,16 @@ static void scrape_unref(mg_scrape_t *s) {
   mg_labels_cleanup(&s->lb);
   mg_labels_cleanup(&s->lb_write);
   mg_free(s->targets);
+  for (size_t j = 0; s->jms && j < s->njobs; j++) {
+    job_metrics_t *jm = &s->jms[j];
+    mg_relabel_free(jm->target_relabel);
+    mg_mem_free_secret(jm->auth_value);
+    for (size_t i = 0; i < jm->nsrcs; i++) {
+      mg_free(jm->srcs[i].v);
+      raw_free(jm->srcs[i].raw, jm->srcs[i].nraw);
+    }
+    mg_free(jm->srcs);
+  }
   mg_free(s->jms);
   mg_free(s);
 }

@@ -1,7 +1,7 @@
-/* mg_scrape: the scrape engine. Schedules every target of the plan on its
- * interval (with a stable per-target offset), fetches the page through the
- * HTTP client, and runs the hot path: parse -> series table -> labels ->
- * encode -> destinations. A scrape either commits whole or not at all (a
+/* mg_scrape: the scrape engine. Schedules every target of the plan, static
+ * or discovered (mg_scrape_set_discovered), on its interval (with a stable
+ * per-target offset), fetches the page through the HTTP client, and runs
+ * the hot path: parse -> series table -> labels -> encode -> destinations. A scrape either commits whole or not at all (a
  * malformed body or an exceeded limit fails it: up=0). Writes the synthetic
  * series and staleness markers. Owns targets, their series tables and body
  * buffers; borrows the loop, HTTP client, destinations and the plan. */
@@ -62,10 +62,29 @@ uint64_t mg_scrape_active_series(const mg_scrape_t *s);
 /* Reload: stop `old` and take over the series tables of its targets that
  * are also in s (same job, URL and labels), so staleness tracking carries
  * on; their cached decisions are forgotten (decided again under the new
- * rules). Targets of `old` that are gone get staleness markers for all
- * their series, sent through old's destinations (which must still be
- * alive). Then free `old` with mg_scrape_free. */
+ * rules). Discovery sources of s whose options equal a source of the same
+ * job in `old` first get that source's last report (see carry_discovered
+ * in mg_scrape.c), so discovered targets carry over too. Targets of `old`
+ * that are gone get staleness markers for all their series, sent through
+ * old's destinations (which must still be alive). Call before
+ * mg_scrape_start(s); old's plan must still be alive. Then free `old`
+ * with mg_scrape_free. */
 void mg_scrape_adopt(mg_scrape_t *s, mg_scrape_t *old);
+
+/* Service discovery: replace what discovery source `source` (index into
+ * conf->jobs[job]->sds) contributes to job `job` by the targets it reports
+ * now (its whole list; copied). Each goes through the job's target
+ * relabeling, interval overrides and shard choice exactly as a static
+ * target; targets equal to one the job has already (static, or from this
+ * or another source: same URL and labels) are that target, as Prometheus
+ * dedupes targets within a job. New targets are scheduled (at once when
+ * the engine runs); unchanged ones keep their series table and schedule;
+ * targets no source reports any more get staleness markers for all their
+ * series and leave. Target indexes (mg_scrape_target_info) change. Static
+ * targets are never removed. Returns 0; MG_EINVAL for an unknown job or
+ * source; MG_ETOOBIG beyond MG_CONF_MAX_TARGETS or MG_ENOMEM, both
+ * logged, with the previous targets kept; MG_ECLOSED after stop. */
+int mg_scrape_set_discovered(mg_scrape_t *s, size_t job, size_t source, const mg_conf_target_t *targets, size_t n);
 
 /* Install the per-series decision hook (NULL: every series to every
  * destination, labels unchanged). Cached decisions are forgotten, so every
