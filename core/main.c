@@ -27,6 +27,7 @@
 #include "mg_relabel.h"
 #include "mg_remote_write.h"
 #include "mg_scrape.h"
+#include "mg_sd.h"
 #include "mg_status.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:9464"
@@ -71,6 +72,7 @@ typedef struct app {
   mg_dest_t **dests;
   size_t ndests;
   mg_scrape_t *scrape;
+  mg_sd_runner_t *sd; /* discovery of the running plan, feeding scrape */
   const char *path, *listen, *data_dir;
   int allow_unsafe;
   char *reload_token; /* secret; NULL: /-/reload needs no token */
@@ -161,9 +163,17 @@ static int check_all_rules(const mg_conf_t *c, mg_conf_error_t *err) {
   return rc;
 }
 
-/* Load FILE into a finished plan. For a Lua script that defines hooks,
- * *vm and *hooks stay alive for the caller (both NULL otherwise). Errors
- * are described in *errp. */
+static bool uses_lua_targets(const mg_conf_t *c) {
+  for (size_t j = 0; j < c->njobs; j++)
+    for (size_t i = 0; i < c->jobs[j]->nsds; i++)
+      if (strcmp(c->jobs[j]->sds[i]->kind, "lua") == 0) return true;
+  return false;
+}
+
+/* Load FILE into a finished plan, its discovery sources checked. For a Lua
+ * script that defines hooks or function targets, *vm stays alive for the
+ * caller (and *hooks for hooks; both NULL otherwise). Errors are
+ * described in *errp. */
 static int load_conf_quiet(const char *path, const char *listen, int allow_unsafe, mg_conf_t **out,
                            mg_lua_vm_t **vmp, mg_lua_hooks_t **hooksp, mg_conf_error_t *errp) {
   *vmp = NULL;
@@ -196,7 +206,8 @@ static int load_conf_quiet(const char *path, const char *listen, int allow_unsaf
       *out = NULL;
     }
     if (rc && !err.msg[0]) snprintf(err.msg, sizeof err.msg, "cannot start the Lua VM: %s", mg_err_str(rc));
-    if (*hooksp) *vmp = vm;
+    /* Function targets run in the script's VM too. */
+    if (*hooksp || (rc == 0 && uses_lua_targets(*out))) *vmp = vm;
     else mg_lua_vm_free(vm);
   } else if (has_suffix(path, ".yml") || has_suffix(path, ".yaml")) {
     rc = mg_promyml_load(path, out, &err);
@@ -206,7 +217,7 @@ static int load_conf_quiet(const char *path, const char *listen, int allow_unsaf
     rc = MG_EINVAL;
   }
   if (rc == 0 && (rc = apply_scale(*out)) != 0) snprintf(err.msg, sizeof err.msg, "out of memory");
-  if (rc == 0 && (rc = check_all_rules(*out, &err)) != 0) {
+  if (rc == 0 && ((rc = check_all_rules(*out, &err)) != 0 || (rc = mg_sd_check_plan(*out, &err)) != 0)) {
     mg_lua_hooks_free(*hooksp);
     *hooksp = NULL;
     mg_lua_vm_free(*vmp);
@@ -289,6 +300,8 @@ static void on_stop(void *ud, int signum) {
   if (a->stopping) return;
   a->stopping = 1;
   MG_INFO("main", "stopping", "signal=%d drain_timeout_ms=%llu", signum, (unsigned long long)a->drain_ms);
+  mg_sd_runner_stop(a->sd);
+  a->sd = NULL;
   mg_scrape_free(a->scrape);
   a->scrape = NULL;
   mg_http_server_free(a->server);
@@ -296,6 +309,12 @@ static void on_stop(void *ud, int signum) {
   a->draining = a->ndests + 1;
   for (size_t i = 0; i < a->ndests; i++) mg_dest_drain(a->dests[i], a->drain_ms, on_dest_drained, a);
   on_dest_drained(a);
+}
+
+/* A discovery source reported its whole list: the engine of its plan
+ * (ud) takes it. */
+static void on_discovered(void *ud, size_t job, size_t source, const mg_sd_targets_t *ts) {
+  mg_scrape_set_discovered(ud, job, source, ts->v, ts->n);
 }
 
 /* What a reload leaves behind until its old destinations have drained:
@@ -366,6 +385,14 @@ static int reload(app_t *a, char *msg, size_t msglen) {
       snprintf(msg, msglen, "destination %s: buffer: %s", conf->dests[i]->name, mg_err_str(rc));
   }
   mg_scrape_t *scrape = rc ? NULL : mg_scrape_new(&a->loop.uv, a->http, conf, dests, conf->ndests, &rc);
+  /* The new plan's discovery starts now; it reports from the loop only,
+   * so after the old one stopped and the engines were paired below. */
+  mg_sd_runner_t *sd = NULL;
+  if (scrape && (rc = mg_sd_runner_start(&a->loop.uv, a->http, conf, vm, on_discovered, scrape, &sd)) != 0) {
+    snprintf(msg, msglen, "service discovery: %s", mg_err_str(rc));
+    mg_scrape_free(scrape);
+    scrape = NULL;
+  }
   if (!scrape) {
     /* Undo: new destinations go, kept ones stay with the old plan. */
     for (size_t i = 0; dests && i < conf->ndests; i++) {
@@ -390,6 +417,8 @@ static int reload(app_t *a, char *msg, size_t msglen) {
   for (size_t i = 0; i < conf->ndests; i++)
     for (size_t k = 0; k < a->ndests; k++)
       if (dests[i] == a->dests[k]) mg_dest_rebind(dests[i], conf->dests[i]);
+  mg_sd_runner_stop(a->sd);
+  a->sd = sd;
   mg_scrape_adopt(scrape, a->scrape);
   mg_scrape_free(a->scrape);
   a->scrape = scrape;
@@ -728,6 +757,10 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
   if (a.hooks) mg_scrape_set_decider(a.scrape, mg_lua_hooks_decide, a.hooks);
   mg_loop_watch_signals(&a.loop, on_stop, on_reload, &a);
   mg_scrape_start(a.scrape);
+  if ((rc = mg_sd_runner_start(&a.loop.uv, a.http, a.conf, a.vm, on_discovered, a.scrape, &a.sd)) != 0) {
+    fprintf(stderr, "service discovery: %s\n", mg_err_str(rc));
+    goto out;
+  }
   a.ready = 1;
   MG_INFO("main", "started", "version=%s config=%s listen=%s jobs=%zu destinations=%zu", MG_VERSION, path, listen,
           a.conf->njobs, a.conf->ndests);
@@ -736,6 +769,7 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
 out:
   /* Normal exit arrives here with everything already released by the
    * shutdown sequence; a failed start releases what it made. */
+  mg_sd_runner_stop(a.sd);
   mg_scrape_free(a.scrape);
   mg_http_server_free(a.server);
   for (size_t i = 0; i < a.ndests; i++) mg_dest_free(a.dests[i]);
