@@ -11,9 +11,11 @@
 #include "mg_log.h"
 #include "mg_mem.h"
 #include "mg_metrics.h"
+#include "mg_sd_ec2.h"
 
 /* One line per provider; the table ends with NULL. */
 static const mg_sd_ops_t *const providers[] = {
+    &mg_sd_ec2_ops,
     NULL,
 };
 
