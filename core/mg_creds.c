@@ -616,6 +616,7 @@ typedef struct watch watch_t;
 struct mg_creds {
   uv_loop_t *loop;
   mg_http_client_t *http;
+  const mg_fileio_t *io; /* reads the files it serves (--user); NULL: all files directly */
   char name[64];
   mg_creds_opts_t opts;
   env_t env;
@@ -644,6 +645,12 @@ struct mg_creds {
 static void maybe_finish(mg_creds_t *c);
 static void request_refresh(mg_creds_t *c, uint64_t delay_ms);
 static void on_timer(uv_timer_t *t);
+
+static const mg_fileio_t *g_fileio; /* installed at start-up by mg_creds_use_fileio */
+
+void mg_creds_use_fileio(const mg_fileio_t *io) { g_fileio = io; }
+
+static bool io_serves(const mg_creds_t *c, const char *path) { return c->io && c->io->serves(c->io->ud, path); }
 
 static void on_close_pending(uv_handle_t *h) {
   mg_creds_t *c = h->data;
@@ -776,11 +783,7 @@ static void node_failf(node_t *n, int err, const char *fmt, ...) {
 
 /* ------------------------------------------------------------ async file reads */
 
-typedef struct filesig {
-  bool exists;
-  uint64_t dev, ino, size;
-  int64_t mtime_ns, ctime_ns;
-} filesig_t;
+typedef mg_fileio_sig_t filesig_t;
 
 static bool sig_eq(const filesig_t *a, const filesig_t *b) {
   if (a->exists != b->exists) return false;
@@ -802,7 +805,8 @@ typedef void (*rd_done_fn)(void *ud, rd_t *r);
 
 /* One whole-file read through uv_fs_*: open, fstat, read into a buffer
  * sized from fstat (a file that grows while read fails with MG_EAGAIN
- * rather than reallocating secret bytes), close. */
+ * rather than reallocating secret bytes), close. A file that c->io serves
+ * is read by it instead, with the same outcomes. */
 struct rd {
   mg_creds_t *c;
   uv_fs_t req;
@@ -812,7 +816,8 @@ struct rd {
   size_t room; /* bytes reserved for this read */
   size_t limit;
   filesig_t sig;
-  int err;   /* 0, MG_ENOTFOUND (missing), MG_EIO, MG_ETOOBIG, MG_EAGAIN */
+  int err;   /* 0, MG_ENOTFOUND (missing), MG_EIO, MG_ETOOBIG, MG_EAGAIN; from c->io also MG_ENOMEM,
+                MG_ECLOSED (its helper exited), MG_ECANCELED */
   int uverr; /* the libuv error behind MG_EIO */
   rd_done_fn done;
   void *ud;
@@ -952,6 +957,25 @@ static void rd_on_open(uv_fs_t *req) {
   }
 }
 
+/* A read through c->io ended: the same outcome as the uv_fs steps. The
+ * data is copied into the wiped buffer, sized once. */
+static void rd_on_io(void *ctx, int err, int sys_errno, const mg_fileio_sig_t *sig, const char *data, size_t len) {
+  rd_t *r = ctx;
+  r->c->pending--;
+  if (r->c->closing) {
+    maybe_finish(r->c);
+    return;
+  }
+  if (!err && (mg_buf_reserve(&r->buf, len) != 0 || mg_buf_append(&r->buf, data, len) != 0)) {
+    err = MG_EIO;
+    sys_errno = ENOMEM;
+  }
+  if (!err) r->sig = *sig;
+  r->err = err;
+  r->uverr = err == MG_EIO && sys_errno > 0 ? -sys_errno : 0;
+  r->done(r->ud, r);
+}
+
 /* Start reading path; done(ud, r) runs later unless the object closes.
  * The caller frees r with rd_free after done (or at destroy). */
 static int rd_start(mg_creds_t *c, const char *path, size_t limit, rd_done_fn done, void *ud, rd_t **out) {
@@ -970,11 +994,12 @@ static int rd_start(mg_creds_t *c, const char *path, size_t limit, rd_done_fn do
   r->req.data = r;
   mg_buf_init(&r->buf, limit);
   c->pending++;
-  int rc = uv_fs_open(c->loop, &r->req, path, O_RDONLY | O_CLOEXEC, 0, rd_on_open);
+  int rc = io_serves(c, path) ? c->io->read(c->io->ud, path, limit, rd_on_io, r)
+                              : uv_fs_open(c->loop, &r->req, path, O_RDONLY | O_CLOEXEC, 0, rd_on_open);
   if (rc < 0) {
     c->pending--;
     rd_free(r);
-    return mg_err_from_uv(rc);
+    return rc > MG_ERR_FIRST_ && rc < MG_ERR_LAST_ ? rc : mg_err_from_uv(rc);
   }
   *out = r;
   return 0;
@@ -985,7 +1010,22 @@ static void rd_describe(const rd_t *r, char *out, size_t outsz) {
   case MG_ENOTFOUND: msgf(out, outsz, "%s does not exist", r->path); break;
   case MG_ETOOBIG: msgf(out, outsz, "%s is larger than %zu bytes", r->path, r->limit); break;
   case MG_EAGAIN: msgf(out, outsz, "%s changed while it was read", r->path); break;
-  default: msgf(out, outsz, "cannot read %s: %s", r->path, r->uverr ? uv_strerror(r->uverr) : "error"); break;
+  case MG_ECLOSED:
+  case MG_ECANCELED:
+    msgf(out, outsz, "cannot read %s: the privileged helper that reads it (moongate run --user) %s", r->path,
+         r->err == MG_ECLOSED ? "has exited; restart moongate" : "is stopping");
+    break;
+  default:
+    /* An unprivileged process (--user) reads files the helper does not
+     * serve itself: say which files the helper serves. */
+    msgf(out, outsz, "cannot read %s: %s%s", r->path,
+         r->uverr ? uv_strerror(r->uverr) : r->err == MG_ENOMEM ? "out of memory" : "error",
+         r->uverr == UV_EACCES && r->c->io
+             ? " (moongate runs unprivileged; its privileged helper reads only the files named at start by "
+               "AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_WEB_IDENTITY_TOKEN_FILE, "
+               "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or the ~/.aws defaults)"
+             : "");
+    break;
   }
 }
 
@@ -1326,7 +1366,9 @@ static const node_vt_t chain_vt = {"chain", false, chain_fetch, NULL, chain_dest
 
 /* A shared file watched through its directory (so a rename-replacement is
  * seen, and a directory that symlink-swaps its files, as Kubernetes does),
- * plus the stat() fallback that mg_creds_current runs once a second. */
+ * plus the stat() fallback that mg_creds_current runs once a second. A
+ * file that c->io serves is watched by it instead (it reports changes and
+ * checks at least once a second itself); the debounce stays ours. */
 struct watch {
   mg_creds_t *c;
   node_t *owner;
@@ -1337,6 +1379,9 @@ struct watch {
   bool ev_active, hit, stat_busy;
   filesig_t sig; /* as last read by the owner */
   bool have_sig;
+  bool served;       /* watched through c->io */
+  uint64_t io_token;
+  filesig_t io_sig;  /* as c->io last reported it */
   watch_t *next;
 };
 
@@ -1386,6 +1431,10 @@ static void on_debounce(uv_timer_t *t) {
     watch_changed(w);
     return;
   }
+  if (w->served) { /* the reader stat()ed it already */
+    if (!w->have_sig || !sig_eq(&w->io_sig, &w->sig)) watch_changed(w);
+    return;
+  }
   if (w->stat_busy) return;
   w->stat_busy = true;
   w->c->pending++;
@@ -1407,8 +1456,16 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
   uv_timer_start(&w->debounce, on_debounce, DEBOUNCE_MS, 0);
 }
 
+static void on_io_change(void *ctx, const mg_fileio_sig_t *sig, bool named) {
+  watch_t *w = ctx;
+  if (w->c->closing) return;
+  w->io_sig = *sig;
+  if (named) w->hit = true;
+  uv_timer_start(&w->debounce, on_debounce, DEBOUNCE_MS, 0);
+}
+
 static void watch_try_start(watch_t *w) {
-  if (w->ev_active) return;
+  if (w->ev_active || w->served) return;
   int rc = uv_fs_event_start(&w->ev, on_fs_event, w->dir, 0);
   w->ev_active = rc == 0;
   if (rc) MG_DEBUG(MOD, "credentials_watch_unavailable", "creds=%s dir=%s err=%s", w->c->name, w->dir, uv_err_name(rc));
@@ -1438,6 +1495,9 @@ static watch_t *watch_new(mg_creds_t *c, node_t *owner, const char *path) {
   uv_fs_event_init(c->loop, &w->ev);
   w->ev.data = w;
   c->pending += 2;
+  /* Served but the reader cannot watch (out of memory): our own fs event
+   * and stat() still see changes, where this process may look. */
+  w->served = io_serves(c, path) && c->io->watch(c->io->ud, path, on_io_change, w, &w->io_token) == 0;
   watch_try_start(w);
   w->next = c->watches;
   c->watches = w;
@@ -1445,6 +1505,8 @@ static watch_t *watch_new(mg_creds_t *c, node_t *owner, const char *path) {
 }
 
 static void watch_close(watch_t *w) {
+  if (w->served) w->c->io->unwatch(w->c->io->ud, w->io_token);
+  w->served = false;
   uv_close((uv_handle_t *)&w->debounce, on_watch_close);
   uv_close((uv_handle_t *)&w->ev, on_watch_close);
 }
@@ -1461,7 +1523,7 @@ static void stat_check(mg_creds_t *c, int64_t now) {
   if (!c->watches || now - c->last_stat_ms < STAT_INTERVAL_MS) return;
   c->last_stat_ms = now;
   for (watch_t *w = c->watches; w; w = w->next) {
-    if (!w->have_sig) continue; /* not read yet: a fetch is on its way */
+    if (!w->have_sig || w->served) continue; /* not read yet: a fetch is on its way; served: c->io checks */
     struct stat st;
     filesig_t s = {0};
     if (stat(w->path, &st) == 0) sig_from_stat(&s, &st);
@@ -2747,11 +2809,11 @@ static int dup_opt(char **slot, const char *s) {
   return *slot ? 0 : MG_ENOMEM;
 }
 
-static char *expand_home(const mg_creds_t *c, const char *path) {
+static char *expand_home(const char *home, const char *path) {
   if (path[0] != '~' || path[1] != '/') return mg_strdup(path);
   mg_buf_t b;
   mg_buf_init(&b, 4096);
-  if (mg_buf_printf(&b, "%s%s", c->env.home ? c->env.home : "~", path + 1) != 0) {
+  if (mg_buf_printf(&b, "%s%s", home ? home : "~", path + 1) != 0) {
     mg_buf_cleanup(&b);
     return NULL;
   }
@@ -2843,8 +2905,8 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
     profile_node_t *pn = node_alloc(c, sizeof *pn, &profile_vt, desc);
     if (!pn) return MG_ENOMEM;
     pn->profile = mg_strdup(name);
-    pn->cred_path = expand_home(c, cp ? cp : "~/.aws/credentials");
-    pn->conf_path = expand_home(c, fp ? fp : "~/.aws/config");
+    pn->cred_path = expand_home(c->env.home, cp ? cp : "~/.aws/credentials");
+    pn->conf_path = expand_home(c->env.home, fp ? fp : "~/.aws/config");
     pn->base.dirty = true; /* never read */
     if (dup_opt(&pn->sts_region, conf->sts_region) || dup_opt(&pn->sts_endpoint, conf->sts_endpoint) ||
         !pn->profile || !pn->cred_path || !pn->conf_path) {
@@ -2942,7 +3004,7 @@ static int node_build(mg_creds_t *c, const mg_conf_creds_t *conf, bool in_plan, 
       }
       rc = 0; /* a configuration error is in cfg: reported below or at fetch */
     }
-    if (tf && !(wn->token_file = expand_home(c, tf))) rc = MG_ENOMEM; /* "~/token" as the SDKs accept it */
+    if (tf && !(wn->token_file = expand_home(c->env.home, tf))) rc = MG_ENOMEM; /* "~/token" as the SDKs accept it */
     if (rc || (rc = dup_opt(&wn->role_arn, role)) ||
         (rc = dup_opt(&wn->session_name, sess)) || (cfg[0] && (rc = dup_opt(&wn->cfg_error, cfg)))) {
       node_free(&wn->base);
@@ -3088,6 +3150,30 @@ static void env_load(env_t *e) {
     char buf[4096];
     if (getpwuid_r(getuid(), &pw, buf, sizeof buf, &res) == 0 && res && res->pw_dir) e->home = mg_strdup(res->pw_dir);
   }
+}
+
+static size_t add_file(char (*paths)[MG_CREDS_PATH_MAX], size_t n, size_t max, char *p) {
+  if (!p) return n;
+  size_t len = strlen(p);
+  bool dup = false;
+  for (size_t i = 0; i < n && !dup; i++) dup = strcmp(paths[i], p) == 0;
+  if (!dup && n < max && len < MG_CREDS_PATH_MAX) memcpy(paths[n++], p, len + 1);
+  mg_free(p);
+  return n;
+}
+
+size_t mg_creds_env_files(char (*paths)[MG_CREDS_PATH_MAX], size_t max) {
+  env_t e = {0};
+  env_load(&e);
+  size_t n = 0;
+  /* Expanded exactly as node_build does: these strings are compared with
+   * the paths the nodes read. */
+  n = add_file(paths, n, max, expand_home(e.home, e.credentials_file ? e.credentials_file : "~/.aws/credentials"));
+  n = add_file(paths, n, max, expand_home(e.home, e.config_file ? e.config_file : "~/.aws/config"));
+  if (e.web_identity_token_file) n = add_file(paths, n, max, expand_home(e.home, e.web_identity_token_file));
+  if (e.ecs_auth_token_file) n = add_file(paths, n, max, mg_strdup(e.ecs_auth_token_file));
+  env_free(&e);
+  return n;
 }
 
 /* ------------------------------------------------------------ root: refresh */
@@ -3299,6 +3385,7 @@ mg_creds_t *mg_creds_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_
   }
   c->loop = loop;
   c->http = http;
+  c->io = g_fileio;
   snprintf(c->name, sizeof c->name, "%s", str_has(name) ? name : "default");
   if (opts) c->opts = *opts;
   if (!c->opts.http_timeout_ms) c->opts.http_timeout_ms = 5000;

@@ -5,7 +5,8 @@
  * of expiry so a rotation never fails a write. Owns the provider tree, its
  * handles (timers, fs events, child processes), in-flight HTTP requests
  * and the current credentials. Must not block the loop (files are read
- * with uv_fs_*; the only synchronous call is a rate-limited stat()) and
+ * with uv_fs_*, or through an mg_fileio reader for the files it serves;
+ * the only synchronous call is a rate-limited stat()) and
  * must never put a secret key or token in a log line, metric or error. */
 #ifndef MG_CREDS_H
 #define MG_CREDS_H
@@ -16,6 +17,7 @@
 #include <uv.h>
 
 #include "mg_conf.h"
+#include "mg_fileio.h"
 #include "mg_http_client.h"
 
 typedef struct mg_creds mg_creds_t;
@@ -139,6 +141,27 @@ void mg_creds_describe(const mg_creds_t *c, mg_creds_info_t *info);
  *   moongate_aws_credentials_refresh_total{credentials,source,result="success"|"failure"}
  * where source is the provider kind that produced or failed ("chain" when
  * no source of a chain had credentials). */
+
+/* ---- files read on someone else's behalf (moongate run --user) ---- */
+
+#define MG_CREDS_ENV_FILES_MAX 4
+#define MG_CREDS_PATH_MAX 4096
+
+/* The files that mg_creds objects made in this environment read when the
+ * configuration names no others: the shared credentials file
+ * (AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials), the config file
+ * (AWS_CONFIG_FILE, else ~/.aws/config), and the token files named by
+ * AWS_WEB_IDENTITY_TOKEN_FILE and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE
+ * when set; "~" is HOME, else the current user's home directory, exactly
+ * as mg_creds_new expands it. Start-up only (may read /etc/passwd).
+ * Writes at most max distinct paths; returns how many. */
+size_t mg_creds_env_files(char (*paths)[MG_CREDS_PATH_MAX], size_t max);
+
+/* From now on, mg_creds objects made by mg_creds_new read and watch the
+ * paths io serves through io (NULL: every file directly, the default).
+ * Other paths are still read directly, with this process's rights. io is
+ * borrowed: it must outlive every object made while it was set. */
+void mg_creds_use_fileio(const mg_fileio_t *io);
 
 /* ---- parsers, exposed for tests and fuzzing (pure) ---- */
 
