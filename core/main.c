@@ -4,6 +4,7 @@
  * own beyond that. */
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "mg_conf.h"
+#include "mg_creds.h"
 #include "mg_credscli.h"
 #include "mg_err.h"
 #include "mg_http_client.h"
@@ -23,6 +25,7 @@
 #include "mg_lua_hooks.h"
 #include "mg_mem.h"
 #include "mg_metrics.h"
+#include "mg_privsep.h"
 #include "mg_promyml.h"
 #include "mg_relabel.h"
 #include "mg_remote_write.h"
@@ -38,7 +41,7 @@ static const char usage[] =
     "\n"
     "Usage:\n"
     "  moongate run FILE [--listen ADDR] [--data-dir DIR] [--log-level LEVEL] [--drain-timeout DUR]\n"
-    "               [--allow-unsafe-lua]\n"
+    "               [--allow-unsafe-lua] [--user NAME]\n"
     "  moongate check FILE [--allow-unsafe-lua]\n"
     "  moongate test FILE --input EXPOSITION [--job NAME] [--target-label NAME=VALUE ...]\n"
     "                [--content-type TYPE]   print where each series would go, and why\n"
@@ -54,6 +57,9 @@ static const char usage[] =
     "  --drain-timeout DUR  on SIGTERM, keep sending for at most DUR; default 10s\n"
     "  --allow-unsafe-lua   give scripts io and os (off by default: scripts are sandboxed)\n"
     "  --reload-token-file F  POST /-/reload then needs \"Authorization: Bearer <contents of F>\"\n"
+    "  --user NAME          started as root: keep root only in a helper that reads the AWS credential\n"
+    "                       files, run everything else (script, scrapes, HTTP) as NAME; --data-dir is\n"
+    "                       given to NAME, FILE must be readable by NAME\n"
     "  --sigv4-debug        when AMP refuses a signature, log the canonical request and string to sign\n"
     "  --shard K/N          scrape only the targets whose hashmod(__address__, N) is K (K may be a\n"
     "                       StatefulSet pod name such as moongate-2)\n"
@@ -64,6 +70,7 @@ static const char usage[] =
 
 typedef struct app {
   mg_loop_t loop;
+  mg_privsep_t *privsep; /* --user: the helper that reads the credential files */
   mg_conf_t *conf;
   mg_lua_vm_t *vm; /* kept while the script's hooks are in use */
   mg_lua_hooks_t *hooks;
@@ -667,8 +674,54 @@ static int ensure_dir(const char *dir) {
   return 0;
 }
 
+/* --user NAME: fork the helper for the credential files mg_creds would
+ * read here (before any script, socket, thread or loop exists), give the
+ * data directory to NAME, then drop to NAME for good. */
+static int run_as_user(const char *user, const char *data_dir, mg_privsep_t **out) {
+  char msg[512];
+  mg_privsep_user_t u;
+  *out = NULL;
+  if (geteuid() != 0) {
+    fprintf(stderr, "--user %s: moongate must be started as root to change user (it runs as uid %u); without "
+                    "--user it runs as whoever starts it\n", user, (unsigned)geteuid());
+    return -1;
+  }
+  if (mg_privsep_lookup(user, &u, msg, sizeof msg) != 0) {
+    fprintf(stderr, "--user %s: %s\n", user, msg);
+    return -1;
+  }
+  /* "~" in AWS file names is HOME: pin root's, so that the main process,
+   * as NAME, names the same files the helper serves. */
+  struct passwd *pw = getenv("HOME") ? NULL : getpwuid(getuid());
+  if (pw && pw->pw_dir) setenv("HOME", pw->pw_dir, 1);
+  char files[MG_CREDS_ENV_FILES_MAX][MG_CREDS_PATH_MAX];
+  const char *paths[MG_CREDS_ENV_FILES_MAX];
+  size_t n = mg_creds_env_files(files, MG_CREDS_ENV_FILES_MAX);
+  char list[1024] = "";
+  for (size_t i = 0; i < n; i++) {
+    paths[i] = files[i];
+    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? "," : "", files[i]);
+  }
+  if (mg_privsep_spawn(paths, n, out, msg, sizeof msg) != 0) {
+    fprintf(stderr, "--user %s: cannot start the credentials helper: %s\n", user, msg);
+    return -1;
+  }
+  int rc = mg_privsep_give_dir(data_dir, &u, msg, sizeof msg);
+  if (rc) fprintf(stderr, "--data-dir %s: %s\n", data_dir, msg);
+  else if ((rc = mg_privsep_drop(&u, msg, sizeof msg)) != 0) fprintf(stderr, "--user %s: %s\n", user, msg);
+  if (rc) {
+    mg_privsep_free(*out);
+    *out = NULL;
+    return -1;
+  }
+  char q[1100];
+  MG_INFO("main", "privileges_dropped", "user=%s uid=%u gid=%u helper_pid=%d helper_files=%s", u.name,
+          (unsigned)u.uid, (unsigned)u.gid, (int)mg_privsep_pid(*out), mg_log_q(q, sizeof q, list, strlen(list)));
+  return 0;
+}
+
 static int cmd_run(const char *path, const char *listen, const char *data_dir, uint64_t drain_ms, int allow_unsafe,
-                   const char *reload_token_file) {
+                   const char *reload_token_file, const char *user) {
   app_t a;
   memset(&a, 0, sizeof a);
   a.drain_ms = drain_ms;
@@ -689,18 +742,35 @@ static int cmd_run(const char *path, const char *listen, const char *data_dir, u
     a.reload_token = mg_strndup(tok.data, tok.len);
     mg_buf_cleanup_secret(&tok);
   }
-  if (load_conf(path, listen, allow_unsafe, &a.conf, &a.vm, &a.hooks) != 0) return 1;
+  /* Read as root (it may be root's alone); everything below runs as NAME. */
+  if (user && run_as_user(user, data_dir, &a.privsep) != 0) {
+    mg_mem_free_secret(a.reload_token);
+    return 1;
+  }
+  if (load_conf(path, listen, allow_unsafe, &a.conf, &a.vm, &a.hooks) != 0) {
+    mg_privsep_free(a.privsep);
+    return 1;
+  }
   if (ensure_dir(data_dir) != 0) {
+    mg_privsep_free(a.privsep);
     mg_conf_free(a.conf);
     return 1;
   }
   int rc = mg_loop_init(&a.loop);
   if (rc) {
     fprintf(stderr, "event loop: %s\n", mg_err_str(rc));
+    mg_privsep_free(a.privsep);
     mg_conf_free(a.conf);
     return 1;
   }
   int exit_code = 1;
+  if (a.privsep) {
+    if ((rc = mg_privsep_attach(a.privsep, &a.loop.uv)) != 0) {
+      fprintf(stderr, "--user: the credentials helper: %s\n", mg_err_str(rc));
+      goto out;
+    }
+    mg_creds_use_fileio(mg_privsep_fileio(a.privsep)); /* before the first destination */
+  }
   mg_metric_t *bi = mg_metrics_gauge("moongate_build_info", "Version of this moongate binary.", "version", MG_VERSION, NULL);
   if (bi) mg_metric_set(bi, 1);
   a.m_rss = mg_metrics_gauge("process_resident_memory_bytes", "Resident memory size in bytes.", NULL);
@@ -775,6 +845,8 @@ out:
   for (size_t i = 0; i < a.ndests; i++) mg_dest_free(a.dests[i]);
   mg_http_client_free(a.http);
   mg_metrics_off_collect(collect_process, &a);
+  mg_creds_use_fileio(NULL);
+  mg_privsep_free(a.privsep); /* after the destinations: their last reads complete */
   if (mg_loop_close(&a.loop) != 0) {
     MG_ERROR("main", "unclean_shutdown", "hint=\"handles were left open; please report\"");
   }
@@ -807,6 +879,7 @@ int main(int argc, char **argv) {
   const char *shard = NULL, *ha_cluster = NULL, *ha_replica = NULL;
   const char *c_dest = NULL, *c_profile = NULL, *c_role = NULL, *c_ext = NULL, *c_region = NULL, *c_file = NULL;
   const char *input = NULL, *job = NULL, *ctype = "text/plain; version=0.0.4", *reload_token_file = NULL;
+  const char *user = NULL;
   char *tlabels[64];
   size_t ntlabels = 0;
   for (int i = 2; i < argc; i++) {
@@ -840,6 +913,8 @@ int main(int argc, char **argv) {
       tlabels[ntlabels++] = argv[++i];
     } else if (!strcmp(arg, "--reload-token-file") && val) {
       reload_token_file = val, i++;
+    } else if (!strcmp(arg, "--user") && val) {
+      user = val, i++;
     } else if (!strcmp(arg, "--shard") && val) {
       shard = val, i++;
     } else if (!strcmp(arg, "--ha-cluster") && val) {
@@ -882,6 +957,10 @@ int main(int argc, char **argv) {
   }
   g_scale.ha_cluster = ha_cluster;
   g_scale.ha_replica = ha_replica;
+  if (user && strcmp(cmd, "run") != 0) {
+    fprintf(stderr, "--user applies to moongate run only\n");
+    return 2;
+  }
   if (!strcmp(cmd, "creds")) {
     if (file) {
       mg_conf_t *conf = NULL;
@@ -933,7 +1012,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "moongate %s: name a script or prometheus.yml\n\n%s", cmd, usage);
       return 2;
     }
-    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms, allow_unsafe, reload_token_file) : cmd_check(file, allow_unsafe);
+    return !strcmp(cmd, "run") ? cmd_run(file, listen, data_dir, drain_ms, allow_unsafe, reload_token_file, user) : cmd_check(file, allow_unsafe);
   }
   fprintf(stderr, "unknown command %s\n\n%s", cmd, usage);
   return 2;
