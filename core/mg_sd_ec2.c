@@ -885,11 +885,12 @@ static int add_label(mg_kvs_t *l, const char *name, const char *value) {
   return value && value[0] ? mg_kvs_add(l, name, value) : 0;
 }
 
-/* ",a,b," as Prometheus joins subnet ids and IPv6 addresses. */
+/* ",a,b," as Prometheus joins subnet ids and IPv6 addresses (",," when
+ * there are none). */
 static int add_list_label(mg_kvs_t *l, const char *name, const strv_t *s) {
   mg_buf_t b;
   mg_buf_init(&b, 0);
-  int rc = mg_buf_append_byte(&b, ',');
+  int rc = mg_buf_append_str(&b, s->n ? "," : ",,");
   for (size_t i = 0; i < s->n && !rc; i++) {
     rc = mg_buf_append_str(&b, s->v[i]);
     if (!rc) rc = mg_buf_append_byte(&b, ',');
