@@ -1103,6 +1103,41 @@ static void print_tls(FILE *out, const mg_conf_tls_t *t) {
   fprintf(out, " insecure_skip_verify=%s\n", t->insecure_skip_verify ? "true" : "false");
 }
 
+/* Option names whose values are secrets: tokens, passwords, secret keys,
+ * credentials; "*_file" names hold paths, which are shown. */
+static bool secret_key(const char *k) {
+  size_t n = strlen(k);
+  if (n >= 5 && strcmp(k + n - 5, "_file") == 0) return false;
+  return strcasestr(k, "password") || strcasestr(k, "secret") || strcasestr(k, "token") ||
+         strcasecmp(k, "credentials") == 0;
+}
+
+/* An option tree on one line, {name: value, ...} and [a, b]; values under
+ * a secret name (at any depth below it) print as <secret>. */
+static void print_val(FILE *out, const mg_conf_val_t *v, bool secret, int depth) {
+  if (!v) return;
+  if (v->type == MG_CONF_VAL_SCALAR) {
+    if (secret) fprintf(out, "<secret>");
+    else pq(out, v->s);
+    return;
+  }
+  if (depth > 32) {
+    fprintf(out, "...");
+    return;
+  }
+  bool map = v->type == MG_CONF_VAL_MAP;
+  fputc(map ? '{' : '[', out);
+  for (size_t i = 0; i < v->n; i++) {
+    if (i) fprintf(out, ", ");
+    if (map && v->keys[i][strspn(v->keys[i], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")])
+      pq(out, v->keys[i]), fprintf(out, ": ");
+    else if (map)
+      fprintf(out, "%s: ", v->keys[i]);
+    print_val(out, v->v[i], secret || (map && secret_key(v->keys[i])), depth + 1);
+  }
+  fputc(map ? '}' : ']', out);
+}
+
 void mg_conf_print(const mg_conf_t *c, FILE *out) {
   char a[32], b[32];
   fprintf(out, "config ");
@@ -1143,6 +1178,11 @@ void mg_conf_print(const mg_conf_t *c, FILE *out) {
     for (size_t t = 0; t < j->ntargets; t++) {
       fprintf(out, "      %s ", j->targets[t]->address);
       print_labels(out, &j->targets[t]->labels);
+      fputc('\n', out);
+    }
+    for (size_t s = 0; s < j->nsds; s++) {
+      fprintf(out, "    discovery %s%s: ", j->sds[s]->kind, j->sds[s]->lua_ref >= 0 ? " (function targets)" : "");
+      print_val(out, j->sds[s]->opts, false, 0);
       fputc('\n', out);
     }
   }
