@@ -5,8 +5,10 @@ which recomputes every SigV4 signature independently of moongate.
 Owns: one World (accounts, users, roles, issued keys, web identity tokens,
 counters) shared by a fake STS (AssumeRole and GetCallerIdentity
 SigV4-checked, AssumeRoleWithWebIdentity unsigned), a fake IMDSv2, a fake ECS/EKS container
-credentials endpoint, and a fake AMP workspace remote_write endpoint that
-checks SigV4 like AWS (service "aps") and decodes snappy + protobuf.
+credentials endpoint, a fake AMP workspace remote_write endpoint that
+checks SigV4 like AWS (service "aps") and decodes snappy + protobuf, and a
+fake EC2 Query API (DescribeInstances with filters and pagination,
+DescribeAvailabilityZones; SigV4 service "ec2") for discovery.
 Errors are the ones AWS sends (codes, messages, status, x-amzn-ErrorType).
 Must not: bind anything but 127.0.0.1, print a secret key or token, or
 block a request on another one (ThreadingHTTPServer).
@@ -63,6 +65,15 @@ SIG_MISMATCH = ("The request signature we calculated does not match the signatur
 TOKEN_EXPIRED = "The security token included in the request is expired"
 TOKEN_INVALID = "The security token included in the request is invalid."
 AMZ_FMT = "%Y%m%dT%H%M%SZ"
+
+
+def _zone_prefix(region):
+    """use1 for us-east-1, euw3 for eu-west-3: how zone ids begin."""
+    short = {"northeast": "ne", "southeast": "se", "northwest": "nw", "southwest": "sw", "central": "c"}
+    parts = region.split("-")
+    if len(parts) < 3:
+        return region
+    return parts[0] + "".join(short.get(p, p[0]) for p in parts[1:-1]) + parts[-1]
 
 
 def iso(t):
@@ -138,6 +149,13 @@ class World:
         self.amp_requests_ok = 0
         self.amp_keys_used = {}        # akid -> count of accepted requests
         self.amp_rejections = []       # (code, akid) of refused requests
+        # EC2 (discovery): instances as FakeEC2 describes them, zone name -> zone id
+        self.ec2_instances = []
+        self.ec2_zones = {f"{region}{s}": f"{_zone_prefix(region)}-az{i + 1}" for i, s in enumerate("abc")}
+        self.ec2_page_size = None      # at most this many instances per page, whatever MaxResults says
+        self.ec2_allowed = None        # principals / role arns allowed to describe, None: any valid key
+        self.ec2_requests = []         # (action, form dict) of every SigV4-valid request
+        self.ec2_rejections = []       # (code, akid) of refused requests
 
     def now(self):
         return time.time() + self.clock_skew
@@ -188,6 +206,30 @@ class World:
     def lookup(self, akid):
         with self.lock:
             return self.keys.get(akid)
+
+    def add_instance(self, **kw):
+        """An EC2 instance for FakeEC2. Keys (all optional): id, image, state,
+        type, az, private_ip, private_dns, public_ip, public_dns, platform, vpc,
+        subnet, arch, lifecycle, owner, reservation, tags {key: value},
+        enis [{subnet, device_index, ipv6: [(address, primary)]}]."""
+        n = len(self.ec2_instances) + 1
+        inst = {"id": f"i-{n:017x}", "image": "ami-0123456789abcdef0", "state": "running", "type": "t3.micro",
+                "az": self.region + "a", "private_ip": f"10.0.{n // 250}.{n % 250 + 1}", "private_dns": None,
+                "public_ip": None, "public_dns": None, "platform": None, "vpc": "vpc-0a1b2c3d", "subnet":
+                "subnet-0a1b2c3d", "arch": "x86_64", "lifecycle": None, "owner": "111111111111",
+                "reservation": f"r-{n:017x}", "tags": {}, "enis": None}
+        inst.update(kw)
+        if inst["private_ip"] and inst["private_dns"] is None:
+            inst["private_dns"] = "ip-" + inst["private_ip"].replace(".", "-") + ".ec2.internal"
+        if inst["enis"] is None and inst["vpc"]:
+            inst["enis"] = [{"subnet": inst["subnet"], "device_index": 0, "ipv6": []}]
+        with self.lock:
+            self.ec2_instances.append(inst)
+        return inst
+
+    def remove_instance(self, instance_id):
+        with self.lock:
+            self.ec2_instances = [i for i in self.ec2_instances if i["id"] != instance_id]
 
 
 # ---------------------------------------------------------------- SigV4 checking
@@ -691,6 +733,230 @@ class FakeAMP(_Server):
         return 200, {}, b""
 
 
+EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+EC2_CODES = {"missing": "MissingAuthenticationToken", "incomplete": "IncompleteSignature",
+             "invalid": "AuthFailure", "expired": "RequestExpired", "expired_status": 400,
+             "mismatch": "SignatureDoesNotMatch"}
+# EC2 answers refused credentials with its own words and statuses.
+_EC2_AUTH = {"AuthFailure": (401, "AWS was not able to validate the provided access credentials"),
+             "RequestExpired": (400, "Request has expired."),
+             "MissingAuthenticationToken": (401, "Request is missing Authentication Token")}
+# DescribeInstances filters the fake applies: name -> instance field.
+_EC2_FILTERS = {"instance-id": "id", "image-id": "image", "instance-state-name": "state", "instance-type": "type",
+                "availability-zone": "az", "private-ip-address": "private_ip", "ip-address": "public_ip",
+                "vpc-id": "vpc", "subnet-id": "subnet", "architecture": "arch", "platform": "platform",
+                "instance-lifecycle": "lifecycle", "owner-id": "owner", "reservation-id": "reservation",
+                "private-dns-name": "private_dns", "dns-name": "public_dns"}
+_STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+
+
+def ec2_error(status, code, message):
+    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f'<Message>{_xml_escape(message)}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>'
+            f'</Response>')
+    return status, {"Content-Type": "text/xml;charset=UTF-8"}, body.encode()
+
+
+def _ec2_match(pattern, value):
+    """EC2 filter values: * and ? are wildcards, \\ escapes them."""
+    if value is None:
+        return False
+    rx = ""
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            rx += re.escape(pattern[i + 1])
+            i += 2
+            continue
+        rx += ".*" if ch == "*" else "." if ch == "?" else re.escape(ch)
+        i += 1
+    return re.fullmatch(rx, value, re.S) is not None
+
+
+class FakeEC2(_Server):
+    """EC2's Query API as service discovery uses it: DescribeInstances (the
+    usual filters, MaxResults/NextToken pagination) and
+    DescribeAvailabilityZones, with SigV4 (service "ec2") checked like AWS
+    and EC2's error document, codes and statuses (AuthFailure 401,
+    RequestExpired 400 for an expired session token, UnauthorizedOperation
+    403, RequestLimitExceeded 503 through World.fail["ec2"])."""
+
+    def __init__(self, world):
+        self.world = world
+        super().__init__("ec2")
+
+    def _refuse(self, status, code, message, akid=None):
+        with self.world.lock:
+            self.world.ec2_rejections.append((code, akid))
+        return ec2_error(status, code, message)
+
+    def handle(self, h, method):
+        w = self.world
+        path, _, query = h.path.partition("?")
+        if method == "POST":
+            if not h.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+                return ec2_error(400, "InvalidParameterValue", "Content-Type must be application/x-www-form-urlencoded")
+            form = urllib.parse.parse_qs(h.body.decode("utf-8", "replace"), keep_blank_values=True)
+        else:
+            form = urllib.parse.parse_qs(query, keep_blank_values=True)
+        p = {k: v[0] for k, v in form.items()}
+        action = p.get("Action", "")
+        w.count("ec2_requests")
+        if w.delay.get("ec2"):
+            time.sleep(w.delay["ec2"])
+        try:
+            key = verify_sigv4(w, method, h.path, list(h.headers.items()), h.body, "ec2", w.region, EC2_CODES)
+        except AuthError as e:
+            m = _AUTH_RE.match((h.headers.get("Authorization") or "").strip())
+            status, message = _EC2_AUTH.get(e.code, (e.status, e.message))
+            return self._refuse(status, e.code, message, m.group(1) if m else None)
+        if p.get("Version") != "2016-11-15":
+            return ec2_error(400, "InvalidAction", f"The action {action} is not valid for this web service.")
+        with w.lock:
+            w.ec2_requests.append((action, p))
+        if w.ec2_allowed is not None and key.principal not in w.ec2_allowed and (key.role or "") not in w.ec2_allowed:
+            return self._refuse(403, "UnauthorizedOperation", "You are not authorized to perform this operation. "
+                                "Encoded authorization failure message: " + _alnum(40), key.akid)
+        fault = w.take_fault("ec2")
+        if fault:
+            return ec2_error(*fault)
+        if action == "DescribeAvailabilityZones":
+            w.count("ec2_describe_availability_zones")
+            return self.zones()
+        if action == "DescribeInstances":
+            w.count("ec2_describe_instances")
+            return self.instances(p)
+        return ec2_error(400, "InvalidAction", f"The action {action} is not valid for this web service.")
+
+    def zones(self):
+        w = self.world
+        items = "".join(f"<item><zoneName>{z}</zoneName><zoneState>available</zoneState>"
+                        f"<regionName>{w.region}</regionName><zoneId>{zid}</zoneId>"
+                        f"<zoneType>availability-zone</zoneType><messageSet/></item>"
+                        for z, zid in sorted(w.ec2_zones.items()))
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<DescribeAvailabilityZonesResponse xmlns="{EC2_NS}">'
+                f'<requestId>{uuid.uuid4()}</requestId><availabilityZoneInfo>{items}</availabilityZoneInfo>'
+                f'</DescribeAvailabilityZonesResponse>')
+        return 200, {"Content-Type": "text/xml;charset=UTF-8"}, body.encode()
+
+    @staticmethod
+    def _filters(p):
+        out = {}
+        for k, v in p.items():
+            m = re.fullmatch(r"Filter\.(\d+)\.(Name|Value\.(\d+))", k)
+            if m:
+                f = out.setdefault(int(m.group(1)), {"name": None, "values": []})
+                if m.group(2) == "Name":
+                    f["name"] = v
+                else:
+                    f["values"].append((int(m.group(3)), v))
+        return [(f["name"], [v for _, v in sorted(f["values"])]) for _, f in sorted(out.items())]
+
+    @staticmethod
+    def _matches(inst, filters):
+        for name, values in filters:
+            if name.startswith("tag:"):
+                got = [inst["tags"].get(name[4:])]
+            elif name == "tag-key":
+                got = list(inst["tags"])
+            elif name == "tag-value":
+                got = list(inst["tags"].values())
+            else:
+                got = [inst.get(_EC2_FILTERS[name])]
+            if not any(_ec2_match(v, g) for v in values for g in got):
+                return False
+        return True
+
+    def instances(self, p):
+        w = self.world
+        filters = self._filters(p)
+        for name, values in filters:
+            if not name or not (name in _EC2_FILTERS or name.startswith("tag:") or name in ("tag-key", "tag-value")):
+                return ec2_error(400, "InvalidParameterValue", f"The filter '{name}' is invalid")
+            if not values:
+                return ec2_error(400, "InvalidParameterCombination", f"The filter '{name}' has no values")
+        try:
+            max_results = int(p.get("MaxResults", "1000"))
+        except ValueError:
+            max_results = 0
+        if not 5 <= max_results <= 1000:
+            return ec2_error(400, "InvalidParameterValue", f"Value ( {p.get('MaxResults')} ) for parameter "
+                             "maxResults is invalid. Expecting a value between 5 and 1000.")
+        start = 0
+        if p.get("NextToken"):
+            try:
+                start = json.loads(base64.b64decode(p["NextToken"]))["o"]
+            except Exception:  # noqa: BLE001 - any bad token is the same error
+                return ec2_error(400, "InvalidPaginationToken", "The specified pagination token is not valid "
+                                 "or is expired.")
+        with w.lock:
+            matched = [dict(i) for i in w.ec2_instances if self._matches(i, filters)]
+        size = min(max_results, w.ec2_page_size or max_results)
+        page, rest = matched[start:start + size], start + size < len(matched)
+        token = base64.b64encode(json.dumps({"o": start + size}).encode()).decode() if rest else None
+        res = []
+        for inst in page:
+            if res and res[-1][0]["reservation"] == inst["reservation"]:
+                res[-1].append(inst)
+            else:
+                res.append([inst])
+        items = "".join(self._reservation(r) for r in res)
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<DescribeInstancesResponse xmlns="{EC2_NS}">\n'
+                f'  <requestId>{uuid.uuid4()}</requestId>\n  <reservationSet>{items}</reservationSet>\n'
+                + (f"  <nextToken>{token}</nextToken>\n" if token else "") + "</DescribeInstancesResponse>\n")
+        return 200, {"Content-Type": "text/xml;charset=UTF-8"}, body.encode()
+
+    @staticmethod
+    def _el(name, value):
+        return f"<{name}/>" if value is None or value == "" else f"<{name}>{_xml_escape(str(value))}</{name}>"
+
+    def _reservation(self, insts):
+        return (f"<item><reservationId>{insts[0]['reservation']}</reservationId>"
+                f"{self._el('ownerId', insts[0]['owner'])}<groupSet/><instancesSet>"
+                + "".join(self._instance(i) for i in insts) + "</instancesSet></item>")
+
+    def _instance(self, i):
+        el = self._el
+        x = [el("instanceId", i["id"]), el("imageId", i["image"]),
+             f"<instanceState><code>{_STATE_CODES.get(i['state'], 16)}</code><name>{i['state']}</name></instanceState>",
+             el("privateDnsName", i["private_dns"]), el("dnsName", i["public_dns"]), "<reason/>",
+             "<amiLaunchIndex>0</amiLaunchIndex>", "<productCodes/>", el("instanceType", i["type"]),
+             "<launchTime>2024-05-01T12:00:00.000Z</launchTime>",
+             f"<placement><availabilityZone>{i['az']}</availabilityZone><groupName/><tenancy>default</tenancy>"
+             "</placement>", "<monitoring><state>disabled</state></monitoring>"]
+        if i["platform"]:
+            x.append(el("platform", i["platform"]))
+        if i["vpc"]:
+            x += [el("subnetId", i["subnet"]), el("vpcId", i["vpc"])]
+        if i["private_ip"]:
+            x.append(el("privateIpAddress", i["private_ip"]))
+        if i["public_ip"]:
+            x.append(el("ipAddress", i["public_ip"]))
+        x += ["<sourceDestCheck>true</sourceDestCheck>", el("architecture", i["arch"]),
+              "<rootDeviceType>ebs</rootDeviceType>", "<rootDeviceName>/dev/xvda</rootDeviceName>"]
+        if i["lifecycle"]:
+            x.append(el("instanceLifecycle", i["lifecycle"]))
+        x.append("<virtualizationType>hvm</virtualizationType>")
+        if i["tags"]:
+            x.append("<tagSet>" + "".join(f"<item>{el('key', k)}{el('value', v)}</item>"
+                                          for k, v in i["tags"].items()) + "</tagSet>")
+        enis = []
+        for n, e in enumerate(i["enis"] or []):
+            v6 = "".join(f"<item>{el('ipv6Address', a)}{el('isPrimaryIpv6', 'true' if pri else 'false')}</item>"
+                         for a, pri in e.get("ipv6", []))
+            enis.append(f"<item><networkInterfaceId>eni-{i['id'][2:]}{n}</networkInterfaceId>"
+                        f"{el('subnetId', e.get('subnet'))}{el('vpcId', i['vpc'])}<status>in-use</status>"
+                        f"{el('privateIpAddress', i['private_ip'] if n == 0 else None)}"
+                        f"<attachment><attachmentId>eni-attach-{n}</attachmentId>"
+                        f"<deviceIndex>{e.get('device_index', n)}</deviceIndex><status>attached</status></attachment>"
+                        + (f"<ipv6AddressesSet>{v6}</ipv6AddressesSet>" if v6 else "") + "</item>")
+        if enis:
+            x.append("<networkInterfaceSet>" + "".join(enis) + "</networkInterfaceSet>")
+        x += ["<ebsOptimized>false</ebsOptimized>", "<hypervisor>xen</hypervisor>"]
+        return "<item>" + "".join(x) + "</item>"
+
+
 class Fakes:
     """All fakes around one World."""
 
@@ -700,17 +966,19 @@ class Fakes:
         self.imds = FakeIMDS(self.world)
         self.ecs = FakeECS(self.world)
         self.amp = FakeAMP(self.world)
+        self.ec2 = FakeEC2(self.world)
         self.sts_url = self.sts.url
         self.imds_url = self.imds.url
         self.ecs_base = self.ecs.url
         self.amp_write_url = self.amp.write_url
+        self.ec2_url = self.ec2.url
 
     def urls(self):
         return {"sts": self.sts_url, "imds": self.imds_url, "ecs": self.ecs_base, "ecs_path": self.world.ecs_path,
-                "amp": self.amp_write_url, "region": self.world.region}
+                "amp": self.amp_write_url, "ec2": self.ec2_url, "region": self.world.region}
 
     def stop(self):
-        for s in (self.sts, self.imds, self.ecs, self.amp):
+        for s in (self.sts, self.imds, self.ecs, self.amp, self.ec2):
             s.stop()
 
 
