@@ -16,7 +16,10 @@ helper as root that reads the file for it.
   4. The helper killed: the main process logs an error that says what
      happened and what to do, keeps serving and sending with the keys it
      has, and exits 0 on SIGTERM. No secret in the log.
-  5. Command-line errors: --user when not root, an unknown user, root
+  5. A credentials file the script names but the helper does not serve
+     (not known at start) is read as nobody: refused, and the error says
+     which files the helper reads.
+  6. Command-line errors: --user when not root, an unknown user, root
      itself, --user with `check`.
 """
 import os
@@ -262,7 +265,31 @@ mg.scrape{{ job = "node", interval = "500ms", timeout = "400ms", targets = {{ "{
     c.check("no helper left behind", helper is None or not os.path.exists(f"/proc/{helper}"))
     c.check("no secret or token in the log", not any(s in log for s in secrets))
 
-    # 5. command-line errors
+    # 5. a file only the script names: read as nobody, refused with a hint
+    other = os.path.join(home, "other-credentials")
+    write_creds(other, keys[3], in_place=False)
+    script2 = h.write("other.lua", f"""local mg = require "moongate"
+mg.workspace{{ name = "amp", url = "{fakes.amp_write_url}", region = "{REGION}",
+  credentials = mg.aws.file{{ path = "{other}" }} }}
+mg.scrape{{ job = "node", interval = "500ms", targets = {{ "{target.addr}" }} }}
+""")
+    os.chmod(script2, 0o644)
+    port2 = mt.free_port()
+    mg2 = h.start("moongate-other", [mt.MOONGATE_BIN, "run", script2, "--listen", f"127.0.0.1:{port2}",
+                                     "--data-dir", h.path("data2"), "--user", "nobody", "--drain-timeout", "1s"],
+                  env=env)
+    try:
+        ev = mt.wait_for("credentials_unavailable", lambda: mt.log_events(mg2.stderr(), "credentials_unavailable"),
+                         15, 0.05)
+    except mt.Deadline:
+        ev = []
+    msg = ev[0].get("msg", "") if ev else mg2.stderr()[-300:]
+    c.check("a file the helper does not serve: permission denied, and the files it serves are named",
+            f"cannot read {other}: permission denied" in msg and "privileged helper reads only" in msg, msg)
+    mg2.stop(20)
+    c.check("no secret in that log either", not any(s in mg2.stderr() for s in secrets))
+
+    # 6. command-line errors
     binary = h.path("moongate-copy")  # nobody may not reach the build tree
     shutil.copy(mt.MOONGATE_BIN, binary)
     os.chmod(binary, 0o755)
