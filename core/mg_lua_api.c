@@ -409,6 +409,111 @@ out:
   return rc;
 }
 
+/* An option tree in moongate.lua's canonical form: a string, {list =
+ * {...}} or {map = {{name, value}, ...}}, at idx. NULL with r->rc set on
+ * error. */
+static mg_conf_val_t *rd_val(rd_t *r, int idx, uint32_t line, int depth) {
+  lua_State *L = r->L;
+  if (depth > 32) return rd_fail(r, MG_EINVAL, "internal error: option tree too deep"), NULL;
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (strlen(s) != n) return rd_fail(r, MG_EINVAL, "an option contains a NUL byte"), NULL;
+    mg_conf_val_t *v = mg_conf_val_new(MG_CONF_VAL_SCALAR, s, line);
+    if (!v) rd_oom(r);
+    return v;
+  }
+  if (!lua_istable(L, idx)) return rd_fail(r, MG_EINVAL, "internal error: bad option tree"), NULL;
+  bool is_map = rd_get(r, idx, "map") == LUA_TTABLE;
+  if (!is_map) {
+    lua_pop(L, 1);
+    if (rd_get(r, idx, "list") != LUA_TTABLE) {
+      lua_pop(L, 1);
+      return rd_fail(r, MG_EINVAL, "internal error: bad option tree"), NULL;
+    }
+  }
+  int items = lua_gettop(L);
+  mg_conf_val_t *v = mg_conf_val_new(is_map ? MG_CONF_VAL_MAP : MG_CONF_VAL_LIST, NULL, line);
+  if (!v) rd_oom(r);
+  size_t n = lua_objlen(L, items);
+  for (size_t i = 1; v && i <= n; i++) {
+    lua_rawgeti(L, items, (int)i);
+    int e = lua_gettop(L);
+    const char *key = NULL;
+    if (is_map) {
+      lua_rawgeti(L, e, 1);
+      lua_rawgeti(L, e, 2);
+      key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    }
+    mg_conf_val_t *item = is_map && !key ? NULL : rd_val(r, lua_gettop(L), line, depth + 1);
+    if (is_map && !key) rd_fail(r, MG_EINVAL, "internal error: bad option name");
+    int rc = !item ? r->rc : is_map ? mg_conf_val_put(v, key, item) : mg_conf_val_push(v, item);
+    if (item && rc) rd_oom(r);
+    if (rc) {
+      mg_conf_val_free(v);
+      v = NULL;
+    }
+    lua_settop(L, items);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The discovery sources: sds = {{kind, opts}, ...}, in the job's line. */
+static int sds_build(rd_t *r, mg_conf_job_t *j, uint32_t line) {
+  lua_State *L = r->L;
+  int has = rd_sub(r, 1, "sds");
+  if (has <= 0) return has;
+  int list = lua_gettop(L);
+  size_t n = lua_objlen(L, list);
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, (int)i);
+    int e = lua_gettop(L);
+    if (!lua_istable(L, e)) return rd_type(r, "sds[]", "table");
+    const char *kind = rd_peek(r, e, "kind");
+    mg_conf_sd_t *sd = kind ? mg_conf_job_add_sd(j, kind) : NULL;
+    if (!kind) return rd_fail(r, MG_EINVAL, "internal error: discovery source without a kind");
+    if (!sd) return rd_oom(r);
+    sd->line = line;
+    rd_get(r, e, "opts");
+    mg_conf_val_t *opts = rd_val(r, lua_gettop(L), line, 0);
+    if (!opts) return r->rc;
+    if (opts->type != MG_CONF_VAL_MAP) {
+      mg_conf_val_free(opts);
+      return rd_fail(r, MG_EINVAL, "internal error: discovery options are not a map");
+    }
+    mg_conf_val_free(sd->opts);
+    sd->opts = opts;
+    lua_settop(L, list);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Function targets: targets_fn = {fn, opts} becomes a "lua" source holding
+ * a registry ref to the function (kept interpreted: it runs under the
+ * hooks' instruction budget). */
+static int fn_build(rd_t *r, mg_conf_job_t *j, uint32_t line) {
+  lua_State *L = r->L;
+  int has = rd_sub(r, 1, "targets_fn");
+  if (has <= 0) return has;
+  int t = lua_gettop(L);
+  mg_conf_sd_t *sd = mg_conf_job_add_sd(j, "lua");
+  if (!sd) return rd_oom(r);
+  sd->line = line;
+  rd_get(r, t, "opts");
+  mg_conf_val_t *opts = rd_val(r, lua_gettop(L), line, 0);
+  if (!opts) return r->rc;
+  mg_conf_val_free(sd->opts);
+  sd->opts = opts;
+  lua_pop(L, 1);
+  if (rd_get(r, t, "fn") != LUA_TFUNCTION) return rd_type(r, "targets_fn.fn", "function");
+  mg_lua_jit_off(r->api->vm, lua_gettop(L));
+  sd->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  return 0;
+}
+
 static int job_build(rd_t *r, mg_conf_job_t *j) {
   TRY(rd_u64(r, 1, "interval_ms", UINT64_MAX / 2, &j->interval_ms));
   TRY(rd_u64(r, 1, "timeout_ms", UINT64_MAX / 2, &j->timeout_ms));
@@ -426,6 +531,9 @@ static int job_build(rd_t *r, mg_conf_job_t *j) {
   TRY(rd_u64(r, 1, "label_name_length_limit", UINT64_MAX / 2, &j->label_name_length_limit));
   TRY(rd_u64(r, 1, "label_value_length_limit", UINT64_MAX / 2, &j->label_value_length_limit));
   TRY(targets_build(r, j));
+  uint32_t line = r->api->njobs ? r->api->jobs[r->api->njobs - 1].line : 0;
+  TRY(sds_build(r, j, line));
+  TRY(fn_build(r, j, line));
   TRY(rd_relabels(r, 1, "relabel_configs", &j->relabel_configs));
   TRY(rd_relabels(r, 1, "metric_relabel_configs", &j->metric_relabel_configs));
   return 0;
@@ -469,7 +577,7 @@ static int l_scrape(lua_State *L) {
   pos_set(L, api, &api->jobs[api->njobs++]);
   if (job_build(&r, j) < 0) return builder_fail(L, &r, true);
   api->building = false;
-  if (j->ntargets == 0) {
+  if (j->ntargets == 0 && j->nsds == 0) {
     /* Allowed (a computed list may come out empty) but rarely meant. */
     const pos_t *p = &api->jobs[api->njobs - 1];
     char src[300], qj[300], qs[320];

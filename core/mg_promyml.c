@@ -613,6 +613,90 @@ static int load_relabels(loader_t *L, yaml_node_t *v, mg_conf_relabels_t *rs) {
   return rc;
 }
 
+/* Options of a discovery source, kept as written for its provider (mg_sd),
+ * which checks them: scalars as text, lists and mappings nested, merge
+ * keys resolved, null members left out (absent, as yaml.v2 leaves a field
+ * at its default). */
+static int load_val(loader_t *L, yaml_node_t *n, mg_conf_val_t **out, int depth) {
+  *out = NULL;
+  if (depth > 32) return fail(L, n, "nested too deeply");
+  int rc = spend(L, n, 1);
+  if (rc < 0) return rc;
+  if (n->type == YAML_SCALAR_NODE) {
+    const char *s = "";
+    if ((rc = get_str(L, n, &s)) < 0) return rc;
+    return (*out = mg_conf_val_new(MG_CONF_VAL_SCALAR, s, line_of(n))) ? 0 : oom(L, n);
+  }
+  if (n->type == YAML_SEQUENCE_NODE) {
+    size_t count;
+    yaml_node_item_t *items;
+    if ((rc = get_seq(L, n, &items, &count)) < 0) return rc;
+    mg_conf_val_t *list = mg_conf_val_new(MG_CONF_VAL_LIST, NULL, line_of(n));
+    if (!list) return oom(L, n);
+    for (size_t i = 0; i < count && rc == 0; i++) {
+      size_t old = push_index(L, i);
+      mg_conf_val_t *v = NULL;
+      yaml_node_t *it = item(L, items, i);
+      if (!it) rc = fail(L, n, "malformed list");
+      if (rc == 0 && (rc = load_val(L, it, &v, depth + 1)) == 0 && mg_conf_val_push(list, v) < 0) rc = oom(L, it);
+      pop(L, old);
+    }
+    if (rc < 0) mg_conf_val_free(list);
+    else *out = list;
+    return rc;
+  }
+  map_t m;
+  if ((rc = get_map(L, n, &m)) < 0) return rc;
+  mg_conf_val_t *map = mg_conf_val_new(MG_CONF_VAL_MAP, NULL, line_of(n));
+  if (!map) rc = oom(L, n);
+  for (size_t i = 0; i < m.n && rc == 0; i++) {
+    if (is_null(m.v[i].v)) continue;
+    size_t old = push_key(L, m.v[i].key);
+    mg_conf_val_t *v = NULL;
+    if ((rc = load_val(L, m.v[i].v, &v, depth + 1)) == 0 && mg_conf_val_put(map, m.v[i].key, v) < 0)
+      rc = oom(L, m.v[i].k);
+    pop(L, old);
+  }
+  map_cleanup(&m);
+  if (rc < 0) mg_conf_val_free(map);
+  else *out = map;
+  return rc;
+}
+
+/* <kind>_sd_configs: one discovery source of that kind per entry; an
+ * unknown kind is refused later, by mg_sd_check_plan, like bad options. */
+static int load_sd_configs(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
+  char kind[64];
+  size_t kl = strlen(p->key) - strlen("_sd_configs");
+  if (kl >= sizeof kind) return fail(L, p->k, "unknown discovery kind");
+  memcpy(kind, p->key, kl);
+  kind[kl] = '\0';
+  size_t count;
+  yaml_node_item_t *items;
+  int rc = get_seq(L, p->v, &items, &count);
+  for (size_t i = 0; i < count && rc == 0; i++) {
+    size_t old = push_index(L, i);
+    yaml_node_t *n = item(L, items, i);
+    mg_conf_val_t *opts = NULL;
+    if (!n) rc = fail(L, p->v, "malformed list");
+    else if (!is_null(n) && n->type != YAML_MAPPING_NODE) rc = fail(L, n, "expected a mapping, got %s", type_name(n));
+    else if (!is_null(n)) rc = load_val(L, n, &opts, 0);
+    mg_conf_sd_t *sd = rc == 0 ? mg_conf_job_add_sd(j, kind) : NULL;
+    if (rc == 0 && !sd) rc = oom(L, n);
+    if (sd) {
+      sd->line = line_of(n);
+      if (opts) {
+        mg_conf_val_free(sd->opts);
+        sd->opts = opts;
+        opts = NULL;
+      }
+    }
+    mg_conf_val_free(opts);
+    pop(L, old);
+  }
+  return rc;
+}
+
 static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
   const char *k = p->key;
   yaml_node_t *v = p->v;
@@ -662,6 +746,8 @@ static int job_key(loader_t *L, const pair_t *p, mg_conf_job_t *j) {
     }
     return rc;
   }
+  size_t kl = strlen(k);
+  if (kl > 11 && !strcmp(k + kl - 11, "_sd_configs")) return load_sd_configs(L, p, j);
   if (http_key(L, p, &j->auth, &j->tls, &rc)) return rc;
   return unsupported(L, p);
 }

@@ -415,6 +415,76 @@ local function targets(v, path)
   return out
 end
 
+-- targets = function() ... end, or { fn = function() ... end, refresh = "30s" }:
+-- the function is called every refresh (mg_sd_lua, docs/lua-api.md).
+local fn_targets_check = record { fn = { function(v, path)
+  if type(v) ~= "function" then bad(path, "expected a function, got %s", describe(v)) end
+  return v
+end, required = true }, refresh = duration }
+
+local function targets_or_fn(v, path)
+  if type(v) == "function" then return { fn = v } end
+  if type(v) == "table" and v.fn ~= nil then return fn_targets_check(v, path) end
+  return targets(v, path)
+end
+
+-- Options of a discovery source, kept as written for its provider, which
+-- checks them: strings, numbers and booleans become text; lists and
+-- name = value tables nest. Canonical form for the C side: a string, or
+-- { list = { ... } }, or { map = { { name, value }, ... } } sorted by name
+-- (so an unchanged source compares equal across reloads).
+local function sd_value(v, path, depth)
+  local t = type(v)
+  if t == "string" then return str(v, path) end
+  if t == "boolean" then return tostring(v) end
+  if t == "number" then
+    if v ~= v or v == 1 / 0 or v == -1 / 0 then bad(path, "expected a finite number") end
+    return tostring(v)
+  end
+  if t ~= "table" then bad(path, "expected a string, number, boolean or table, got %s", describe(v)) end
+  if depth > 16 then bad(path, "nested too deeply") end
+  local keys, n = {}, 0
+  for k in pairs(v) do
+    n = n + 1
+    if type(k) == "string" then keys[#keys + 1] = k end
+  end
+  if #keys == 0 and n == #v then
+    local items = {}
+    for i = 1, n do items[i] = sd_value(v[i], fmt("%s[%d]", path, i), depth + 1) end
+    return { list = items }
+  end
+  if #keys ~= n then bad(path, "mixes list entries and name = value fields") end
+  sort(keys)
+  local m = {}
+  for i, k in ipairs(keys) do m[i] = { k, sd_value(v[k], path .. "." .. k, depth + 1) } end
+  return { map = m }
+end
+
+-- file_sd = { files = {...} } or a list of such tables -> option trees.
+local function sd_configs(v, path)
+  if type(v) ~= "table" then bad(path, "expected a table of options or a list of them, got %s", describe(v)) end
+  local many = v[1] ~= nil
+  if many then list(v, path, "tables of options") end
+  local out = {}
+  for i, o in ipairs(many and v or { v }) do
+    local p = many and fmt("%s[%d]", path, i) or path
+    if type(o) ~= "table" then bad(p, "expected a table of options, got %s", describe(o)) end
+    local tree = sd_value(o, p, 1)
+    if tree.list then
+      if #tree.list > 0 then bad(p, "expected name = value options, got a list") end
+      tree = { map = {} }
+    end
+    out[i] = tree
+  end
+  return out
+end
+
+-- Discovery fields of mg.scrape and their kinds (in this order in the plan).
+local sd_fields = {
+  { "file_sd", "file" }, { "http_sd", "http" }, { "dns_sd", "dns" }, { "kubernetes_sd", "kubernetes" },
+  { "ec2_sd", "ec2" },
+}
+
 local function metrics_path(v, path)
   text(v, path)
   if sub(v, 1, 1) ~= "/" then bad(path, "%s must start with '/'", quote(v)) end
@@ -457,7 +527,12 @@ local scrape_check = record(with(auth_fields, {
   honor_labels = bool,
   honor_timestamps = bool,
   enable_compression = bool,
-  targets = { targets, required = true },
+  targets = targets_or_fn,
+  file_sd = sd_configs,
+  http_sd = sd_configs,
+  dns_sd = sd_configs,
+  kubernetes_sd = sd_configs,
+  ec2_sd = sd_configs,
   labels = labels,
   tls = tls,
   body_size_limit = bytes,
@@ -469,12 +544,35 @@ local scrape_check = record(with(auth_fields, {
   metric_relabel_configs = relabels,
 }), {
   job_name = "job", scrape_interval = "interval", scrape_timeout = "timeout", metrics_path = "path",
-  static_configs = "targets", tls_config = "tls",
+  static_configs = "targets", tls_config = "tls", file_sd_configs = "file_sd", http_sd_configs = "http_sd",
+  dns_sd_configs = "dns_sd", kubernetes_sd_configs = "kubernetes_sd", ec2_sd_configs = "ec2_sd",
 })
 
 M.scrape = api("mg.scrape", function(t)
   local s = scrape_check(t)
   timeout_fits(t, "interval", "timeout", s.interval, s.timeout)
+  local sds, fn = {}, nil
+  for _, f in ipairs(sd_fields) do
+    for _, opts in ipairs(s[f[1]] or {}) do sds[#sds + 1] = { kind = f[2], opts = opts } end
+  end
+  if s.targets and s.targets.fn then
+    -- Job labels go to the function's "host:port" entries, as to static ones.
+    local o = {}
+    if s.targets.refresh then o[#o + 1] = { "refresh", t.targets.refresh } end -- as written, checked
+    if s.labels then
+      local l = {}
+      for i, kv in ipairs(s.labels) do l[i] = { kv[1], kv[2] } end
+      o[#o + 1] = { "labels", { map = l } }
+    end
+    sort(o, function(a, b) return a[1] < b[1] end)
+    fn, s.targets = { fn = s.targets.fn, opts = { map = o } }, {}
+  elseif s.targets == nil then
+    if #sds == 0 then
+      invalid("field 'targets' is required (a list, a function, or a discovery source: file_sd, http_sd, dns_sd, "
+        .. "kubernetes_sd, ec2_sd)")
+    end
+    s.targets = {}
+  end
   for _, tg in ipairs(s.targets) do
     if tg.labels == nil then tg.labels = s.labels end
   end
@@ -485,6 +583,7 @@ M.scrape = api("mg.scrape", function(t)
     body_size_limit = s.body_size_limit, sample_limit = s.sample_limit, label_limit = s.label_limit,
     label_name_length_limit = s.label_name_length_limit, label_value_length_limit = s.label_value_length_limit,
     targets = s.targets, relabel_configs = s.relabel_configs, metric_relabel_configs = s.metric_relabel_configs,
+    sds = sds, targets_fn = fn,
   }
   if not ok then invalid(err) end
 end)
