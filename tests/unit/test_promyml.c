@@ -421,8 +421,10 @@ MG_TEST(refusals_name_key_and_line) {
     uint32_t line;
     const char *msg;
   } t[] = {
-      {"scrape_configs:\n  - job_name: a\n    file_sd_configs:\n      - files: [x.json]\n", 3,
-       "scrape_configs[0].file_sd_configs: not supported by this moongate version"},
+      /* Discovery options are the provider's to check (mg_sd_check_plan);
+       * the loader only wants a mapping per source. */
+      {"scrape_configs:\n  - job_name: a\n    file_sd_configs:\n      - [x.json]\n", 4,
+       "scrape_configs[0].file_sd_configs[0]: expected a mapping, got a list"},
       {"scrape_configs:\n  - job_name: a\n    proxy_url: http://p:3128\n", 3,
        "scrape_configs[0].proxy_url: not supported by this moongate version"},
       {"scrape_configs:\n  - job_name: a\n    oauth2: {client_id: x}\n", 3,
