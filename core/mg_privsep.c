@@ -392,7 +392,10 @@ static void drop_capabilities(void) {
  * which ends up as fd 3 (returned). */
 static int helper_harden(int fd) {
   if (fd != 3 && dup2(fd, 3) == 3) fd = 3;
-  close_range((unsigned)fd + 1, ~0u, 0);
+  if (close_range((unsigned)fd + 1, ~0u, 0) != 0) { /* kernels before 5.9 */
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long i = fd + 1; i < (max > 0 && max < 65536 ? max : 65536); i++) close((int)i);
+  }
   for (int i = 3; i < fd; i++) close(i);
   struct sigaction ign;
   memset(&ign, 0, sizeof ign);

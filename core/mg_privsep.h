@@ -40,7 +40,8 @@ int mg_privsep_lookup(const char *name, mg_privsep_user_t *out, char *msg, size_
  * closed, SIGINT/SIGTERM/SIGHUP are ignored (it ends when the main process
  * closes the socket, so a shutdown can still read files while it drains),
  * no_new_privs is set, capabilities are reduced to CAP_DAC_READ_SEARCH
- * and it may not fork. Returns 0 in the parent only, or MG_EINVAL /
+ * (best effort: a warning if the kernel refuses) and it may hold at most
+ * 32 descriptors. Returns 0 in the parent only, or MG_EINVAL /
  * MG_ENOMEM / MG_EIO with the reason in msg. */
 int mg_privsep_spawn(const char *const *paths, size_t npaths, mg_privsep_t **out, char *msg, size_t msgsz);
 
