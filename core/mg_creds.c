@@ -819,6 +819,7 @@ struct rd {
   int err;   /* 0, MG_ENOTFOUND (missing), MG_EIO, MG_ETOOBIG, MG_EAGAIN; from c->io also MG_ENOMEM,
                 MG_ECLOSED (its helper exited), MG_ECANCELED */
   int uverr; /* the libuv error behind MG_EIO */
+  bool via_io; /* read by c->io */
   rd_done_fn done;
   void *ud;
 };
@@ -994,8 +995,9 @@ static int rd_start(mg_creds_t *c, const char *path, size_t limit, rd_done_fn do
   r->req.data = r;
   mg_buf_init(&r->buf, limit);
   c->pending++;
-  int rc = io_serves(c, path) ? c->io->read(c->io->ud, path, limit, rd_on_io, r)
-                              : uv_fs_open(c->loop, &r->req, path, O_RDONLY | O_CLOEXEC, 0, rd_on_open);
+  r->via_io = io_serves(c, path);
+  int rc = r->via_io ? c->io->read(c->io->ud, path, limit, rd_on_io, r)
+                     : uv_fs_open(c->loop, &r->req, path, O_RDONLY | O_CLOEXEC, 0, rd_on_open);
   if (rc < 0) {
     c->pending--;
     rd_free(r);
@@ -1020,7 +1022,7 @@ static void rd_describe(const rd_t *r, char *out, size_t outsz) {
      * serve itself: say which files the helper serves. */
     msgf(out, outsz, "cannot read %s: %s%s", r->path,
          r->uverr ? uv_strerror(r->uverr) : r->err == MG_ENOMEM ? "out of memory" : "error",
-         r->uverr == UV_EACCES && r->c->io
+         r->uverr == UV_EACCES && r->c->io && !r->via_io
              ? " (moongate runs unprivileged; its privileged helper reads only the files named at start by "
                "AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_WEB_IDENTITY_TOKEN_FILE, "
                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE or the ~/.aws defaults)"
