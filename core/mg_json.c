@@ -51,9 +51,6 @@ static int read_u16(parser_t *p, unsigned *out) {
 }
 
 
-/* Length of the valid UTF-8 sequence at s[0..avail) (RFC 3629 table), 0
- * if invalid. s[0] >= 0x80. */
-
 /* At the opening quote. Unescapes into out (may be NULL: validate only). */
 static int parse_string(parser_t *p, char *out, size_t *outlen) {
   size_t o = 0;
@@ -199,6 +196,22 @@ static int parse_value(parser_t *p, int depth, mg_json_type_t *type) {
   }
 }
 
+/* One value of the top level: a string is unescaped into out, anything
+ * else is reported as written. */
+static int read_value(parser_t *p, char *out, mg_json_type_t *t, mg_str_t *v) {
+  size_t start = p->i, vlen = 0;
+  int rc;
+  if (p->i < p->n && p->s[p->i] == '"') {
+    *t = MG_JSON_STRING;
+    if ((rc = parse_string(p, out, &vlen)) != 0) return rc;
+    *v = mg_str_n(out, vlen);
+    return 0;
+  }
+  if ((rc = parse_value(p, 1, t)) != 0) return rc;
+  *v = mg_str_n((const char *)p->s + start, p->i - start);
+  return 0;
+}
+
 static int top_object(parser_t *p, char *scratch, mg_json_member_cb cb, void *ud) {
   skip_ws(p);
   if (p->i >= p->n || p->s[p->i] != '{') return fail(p, "expected an object");
@@ -209,7 +222,7 @@ static int top_object(parser_t *p, char *scratch, mg_json_member_cb cb, void *ud
   } else {
     for (;;) {
       if (p->i >= p->n || p->s[p->i] != '"') return fail(p, "expected a member name");
-      size_t klen = 0, vlen = 0;
+      size_t klen = 0;
       int rc = parse_string(p, scratch, &klen);
       if (rc) return rc;
       skip_ws(p);
@@ -217,16 +230,8 @@ static int top_object(parser_t *p, char *scratch, mg_json_member_cb cb, void *ud
       p->i++;
       skip_ws(p);
       mg_json_type_t t;
-      size_t start = p->i;
       mg_str_t v;
-      if (p->i < p->n && p->s[p->i] == '"') {
-        t = MG_JSON_STRING;
-        if ((rc = parse_string(p, scratch + klen, &vlen)) != 0) return rc;
-        v = mg_str_n(scratch + klen, vlen);
-      } else {
-        if ((rc = parse_value(p, 1, &t)) != 0) return rc;
-        v = mg_str_n((const char *)p->s + start, p->i - start);
-      }
+      if ((rc = read_value(p, scratch + klen, &t, &v)) != 0) return rc;
       if ((rc = cb(ud, mg_str_n(scratch, klen), t, v)) != 0) return rc;
       skip_ws(p);
       if (p->i >= p->n) return fail(p, "unterminated object");
@@ -244,6 +249,39 @@ static int top_object(parser_t *p, char *scratch, mg_json_member_cb cb, void *ud
   return 0;
 }
 
+/* Only string elements need the scratch block, so it is allocated at the
+ * first one: a list of objects (HTTP discovery) costs no copy of its size. */
+static int top_array(parser_t *p, char **scratch, mg_json_element_cb cb, void *ud) {
+  skip_ws(p);
+  if (p->i >= p->n || p->s[p->i] != '[') return fail(p, "expected an array");
+  p->i++;
+  skip_ws(p);
+  if (p->i < p->n && p->s[p->i] == ']') {
+    p->i++;
+  } else {
+    for (size_t index = 0;; index++) {
+      if (p->i < p->n && p->s[p->i] == '"' && !*scratch && !(*scratch = mg_malloc(p->n + 1))) return MG_ENOMEM;
+      mg_json_type_t t;
+      mg_str_t v;
+      int rc = read_value(p, *scratch, &t, &v);
+      if (rc) return rc;
+      if ((rc = cb(ud, index, t, v)) != 0) return rc;
+      skip_ws(p);
+      if (p->i >= p->n) return fail(p, "unterminated array");
+      if (p->s[p->i] == ']') {
+        p->i++;
+        break;
+      }
+      if (p->s[p->i] != ',') return fail(p, "expected ',' or ']'");
+      p->i++;
+      skip_ws(p);
+    }
+  }
+  skip_ws(p);
+  if (p->i != p->n) return fail(p, "trailing data after the array");
+  return 0;
+}
+
 int mg_json_object(const char *doc, size_t len, mg_json_member_cb cb, void *ud, mg_json_error_t *err) {
   if (err) *err = (mg_json_error_t){0, NULL};
   if (!cb || (len && !doc)) return MG_EINVAL;
@@ -254,6 +292,18 @@ int mg_json_object(const char *doc, size_t len, mg_json_member_cb cb, void *ud, 
   if (!scratch) return MG_ENOMEM;
   int rc = top_object(&p, scratch, cb, ud);
   mg_mem_wipe(scratch, len + 1);
+  mg_free(scratch);
+  return rc;
+}
+
+int mg_json_array(const char *doc, size_t len, mg_json_element_cb cb, void *ud, mg_json_error_t *err) {
+  if (err) *err = (mg_json_error_t){0, NULL};
+  if (!cb || (len && !doc)) return MG_EINVAL;
+  if (len > MG_JSON_MAX_ARRAY_INPUT) return MG_ETOOBIG;
+  parser_t p = {(const unsigned char *)doc, len, 0, err};
+  char *scratch = NULL;
+  int rc = top_array(&p, &scratch, cb, ud);
+  if (scratch) mg_mem_wipe(scratch, len + 1);
   mg_free(scratch);
   return rc;
 }

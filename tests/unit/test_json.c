@@ -117,4 +117,89 @@ static int stop_cb(void *ud, mg_str_t key, mg_json_type_t type, mg_str_t value) 
 
 MG_TEST(json_callback_stops) { CHECK_INT(mg_json_object("{\"a\":1,\"b\":2}", 13, stop_cb, NULL, NULL), 7); }
 
+static int render_element(void *ud, size_t index, mg_json_type_t type, mg_str_t value) {
+  char key[24];
+  snprintf(key, sizeof key, "%zu", index);
+  return render(ud, mg_str(key), type, value);
+}
+
+static int parse_array(const char *in, size_t len, mg_buf_t *out, mg_json_error_t *err) {
+  mg_buf_reset(out);
+  mg_buf_append_str(out, "");
+  return mg_json_array(in, len, render_element, out, err);
+}
+
+MG_TEST(json_array_elements) {
+  mg_buf_t out;
+  mg_buf_init(&out, 0);
+  mg_json_error_t err;
+  const char *doc = " [ {\"targets\": [\"a:1\"], \"labels\": {\"k\": \"v\"}}, \"s\\u00e9\\n\", -1.5e3, true, false,"
+                    " null, [[]], {} ]\n";
+  CHECK_INT(parse_array(doc, strlen(doc), &out, &err), 0);
+  CHECK_STR(out.data, "0:object:{\"targets\": [\"a:1\"], \"labels\": {\"k\": \"v\"}}\n1:string:s<c3><a9><0a>\n"
+                      "2:number:-1.5e3\n3:true:true\n4:false:false\n5:null:null\n6:array:[[]]\n7:object:{}\n");
+  CHECK_INT(parse_array("[]", 2, &out, &err), 0);
+  CHECK_STR(out.data, "");
+  /* Each element is reported as it is read, so the caller sees "a" before the
+   * error is found; the return value is what counts. */
+  static const char *bad[] = {"", "{}", "null", "\"s\"", "[", "[1,]", "[,1]", "[1 2]", "[1]]", "[1]x", "[\"\x01\"]",
+                              "[\"\\ud800\"]", "[\"\xc0\xaf\"]", "[01]", "[{\"a\" 1}]", "[{\"a\":1,}]", "\xef\xbb\xbf[]",
+                              "[\"a\"", "[[[]]"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err = (mg_json_error_t){0, NULL};
+    int rc = parse_array(bad[i], strlen(bad[i]), &out, &err);
+    if (rc != MG_EPARSE) MG_FAIL_("case %zu accepted: rc=%d", i, rc);
+    CHECK(err.msg != NULL);
+    CHECK(err.offset <= strlen(bad[i]));
+  }
+  CHECK_INT(parse_array("[1, 2}", 6, &out, &err), MG_EPARSE);
+  CHECK_STR(err.msg, "expected ',' or ']'");
+  CHECK_INT(err.offset, 5);
+  CHECK_INT(parse_array("{}", 2, &out, &err), MG_EPARSE);
+  CHECK_STR(err.msg, "expected an array");
+  CHECK_INT(parse_array("[] []", 5, &out, &err), MG_EPARSE);
+  CHECK_STR(err.msg, "trailing data after the array");
+  mg_buf_cleanup(&out);
+}
+
+static int stop_element(void *ud, size_t index, mg_json_type_t type, mg_str_t value) {
+  (void)type, (void)value;
+  *(size_t *)ud = index;
+  return index == 1 ? 9 : 0;
+}
+
+static int count_element(void *ud, size_t index, mg_json_type_t type, mg_str_t value) {
+  (void)index, (void)type, (void)value;
+  ++*(size_t *)ud;
+  return 0;
+}
+
+MG_TEST(json_array_limits) {
+  mg_buf_t out;
+  mg_buf_init(&out, 0);
+  size_t seen = 0;
+  CHECK_INT(mg_json_array("[1,2,3]", 7, stop_element, &seen, NULL), 9);
+  CHECK_INT(seen, 1);
+  CHECK_INT(mg_json_array("[]", MG_JSON_MAX_ARRAY_INPUT + 1, render_element, &out, NULL), MG_ETOOBIG);
+  CHECK_INT(mg_json_array("[]", 2, NULL, NULL, NULL), MG_EINVAL);
+  /* Only string elements need memory: a list of numbers parses without any. */
+  mg_mem_fail_at(1);
+  CHECK_INT(mg_json_array("[1, {\"a\": \"b\"}]", 15, count_element, &seen, NULL), 0);
+  mg_mem_fail_at(0);
+  mg_mem_fail_at(1);
+  CHECK_INT(mg_json_array("[1, \"b\"]", 8, count_element, &seen, NULL), MG_ENOMEM);
+  mg_mem_fail_at(0);
+  /* A list twice the size of the object limit. */
+  mg_buf_t big;
+  mg_buf_init(&big, 0);
+  mg_buf_append_str(&big, "[");
+  for (size_t i = 0; i < MG_JSON_MAX_INPUT; i++) mg_buf_append_str(&big, i ? ",0" : "0");
+  mg_buf_append_str(&big, "]");
+  size_t count = 0;
+  CHECK_INT(mg_json_array(big.data, big.len, count_element, &count, NULL), 0);
+  CHECK_INT(count, MG_JSON_MAX_INPUT);
+  mg_buf_cleanup(&big);
+  mg_buf_cleanup(&out);
+}
+
 MG_TEST_MAIN()
