@@ -36,7 +36,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # in). libstdc++ (for snappy) is already part of the base image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libuv1 libluajit-5.1-2 libssl3 libprotobuf-c1 libsnappy1v5 zlib1g libpcre2-8-0 libyaml-0-2 \
+      libuv1 libluajit-5.1-2 libssl3 libprotobuf-c1 libsnappy1v5 zlib1g libpcre2-8-0 libyaml-0-2 libc-ares2 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
  && groupadd --gid 10001 moongate \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/moongate \

@@ -11,14 +11,20 @@
 #include "mg_log.h"
 #include "mg_mem.h"
 #include "mg_metrics.h"
+#include "mg_sd_dns.h"
 #include "mg_sd_ec2.h"
+#include "mg_sd_http.h"
+#include "mg_sd_file.h"
 #include "mg_sd_k8s.h"
 #include "mg_sd_lua.h"
 
 /* One line per provider; the table ends with NULL. */
 static const mg_sd_ops_t *const providers[] = {
+    &mg_sd_dns_ops,
     &mg_sd_ec2_ops,
+    &mg_sd_http_ops,
     &mg_sd_kubernetes_ops,
+    &mg_sd_file_ops,
     &mg_sd_lua_ops,
     NULL,
 };

@@ -1,6 +1,9 @@
-/* libFuzzer driver for mg_json and the credential documents built on it:
- * any input is accepted or refused the same way twice; accepted members
- * have valid UTF-8 keys and string values and numbers in RFC 8259 form;
+/* libFuzzer driver for mg_json and the documents built on it: any input
+ * is accepted or refused the same way twice, as an object and as an array;
+ * accepted members and elements have valid UTF-8 keys and string values
+ * and numbers in RFC 8259 form; mg_sd_http_decode (HTTP discovery) yields
+ * targets whose label names are valid and which all carry __meta_url, or
+ * an error that leaves the list as it was;
  * mg_creds_parse_json (IMDS, ECS, credential_process) either yields a
  * value whose fields satisfy the header-safety rules or an error whose
  * message holds none of the document's string values; mg_creds_parse_time
@@ -16,6 +19,7 @@
 #include "mg_err.h"
 #include "mg_json.h"
 #include "mg_mem.h"
+#include "mg_sd_http.h"
 
 #define ENSURE(c)                                                                 \
   do {                                                                            \
@@ -96,12 +100,64 @@ typedef struct st {
   int nstrings;
 } st_t;
 
+/* What any reported value must look like. */
+static void check_value(mg_json_type_t type, mg_str_t value) {
+  switch (type) {
+  case MG_JSON_STRING: ENSURE(utf8_ok((const unsigned char *)value.p, value.n)); break;
+  case MG_JSON_NUMBER: ENSURE(number_ok(value)); break;
+  case MG_JSON_TRUE: ENSURE(mg_str_eq_c(value, "true")); break;
+  case MG_JSON_FALSE: ENSURE(mg_str_eq_c(value, "false")); break;
+  case MG_JSON_NULL: ENSURE(mg_str_eq_c(value, "null")); break;
+  case MG_JSON_OBJECT: ENSURE(value.n >= 2 && value.p[0] == '{' && value.p[value.n - 1] == '}'); break;
+  case MG_JSON_ARRAY: ENSURE(value.n >= 2 && value.p[0] == '[' && value.p[value.n - 1] == ']'); break;
+  }
+}
+
+static int on_element(void *ud, size_t index, mg_json_type_t type, mg_str_t value) {
+  st_t *s = ud;
+  ENSURE(index == (size_t)s->members);
+  check_value(type, value);
+  s->members++;
+  s->digest = (s->digest ^ (uint64_t)type) * 0x100000001b3ull;
+  for (size_t i = 0; i < value.n; i++) s->digest = (s->digest ^ (unsigned char)value.p[i]) * 0x100000001b3ull;
+  return 0;
+}
+
+static bool label_name_ok(const char *n) {
+  if (!((*n >= 'a' && *n <= 'z') || (*n >= 'A' && *n <= 'Z') || *n == '_')) return false;
+  for (n++; *n; n++)
+    if (!((*n >= 'a' && *n <= 'z') || (*n >= 'A' && *n <= 'Z') || (*n >= '0' && *n <= '9') || *n == '_')) return false;
+  return true;
+}
+
+static void check_http_sd(const char *in, size_t size, int array_rc) {
+  mg_sd_targets_t ts = {0};
+  mg_sd_targets_add(&ts, "before:1");
+  char why[256] = "";
+  int rc = mg_sd_http_decode(in, size, "http://sd.test/", &ts, why, sizeof why);
+  if (rc != 0) {
+    ENSURE(rc == MG_EPARSE || rc == MG_ENOMEM);
+    ENSURE(ts.n == 1 && why[0] != '\0');
+    for (const char *m = why; *m; m++) ENSURE((unsigned char)*m >= 0x20 && *m != 0x7f);
+  } else {
+    ENSURE(array_rc == 0 && ts.n >= 1 && ts.n <= 1 + MG_CONF_MAX_TARGETS);
+    for (size_t i = 1; i < ts.n; i++) {
+      ENSURE(strcmp(mg_kvs_get(&ts.v[i].labels, "__meta_url"), "http://sd.test/") == 0);
+      ENSURE(ts.v[i].labels.n <= MG_CONF_MAX_LABELS + 1 && !mg_kvs_get(&ts.v[i].labels, "__address__"));
+      for (size_t k = 0; k < ts.v[i].labels.n; k++) {
+        ENSURE(label_name_ok(ts.v[i].labels.v[k].name));
+        ENSURE(utf8_ok((const unsigned char *)ts.v[i].labels.v[k].value, strlen(ts.v[i].labels.v[k].value)));
+      }
+    }
+  }
+  mg_sd_targets_cleanup(&ts);
+}
+
 static int on_member(void *ud, mg_str_t key, mg_json_type_t type, mg_str_t value) {
   st_t *s = ud;
   ENSURE(utf8_ok((const unsigned char *)key.p, key.n));
-  switch (type) {
-  case MG_JSON_STRING:
-    ENSURE(utf8_ok((const unsigned char *)value.p, value.n));
+  check_value(type, value);
+  if (type == MG_JSON_STRING) {
     bool secretish = mg_str_eq_c(key, "SecretAccessKey") || mg_str_eq_c(key, "Token") ||
                      mg_str_eq_c(key, "SessionToken") || mg_str_eq_c(key, "AccessKeyId");
     if (secretish && value.n >= 12 && s->nstrings < 8 && !memchr(value.p, '\0', value.n)) {
@@ -117,13 +173,6 @@ static int on_member(void *ud, mg_str_t key, mg_json_type_t type, mg_str_t value
         ENSURE(ms >= 0 && gmtime_r(&t, &tm) && tm.tm_year + 1900 >= 1970);
       }
     }
-    break;
-  case MG_JSON_NUMBER: ENSURE(number_ok(value)); break;
-  case MG_JSON_TRUE: ENSURE(mg_str_eq_c(value, "true")); break;
-  case MG_JSON_FALSE: ENSURE(mg_str_eq_c(value, "false")); break;
-  case MG_JSON_NULL: ENSURE(mg_str_eq_c(value, "null")); break;
-  case MG_JSON_OBJECT: ENSURE(value.n >= 2 && value.p[0] == '{' && value.p[value.n - 1] == '}'); break;
-  case MG_JSON_ARRAY: ENSURE(value.n >= 2 && value.p[0] == '[' && value.p[value.n - 1] == ']'); break;
   }
   s->members++;
   for (size_t i = 0; i < key.n; i++) s->digest = (s->digest ^ (unsigned char)key.p[i]) * 0x100000001b3ull;
@@ -149,6 +198,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ENSURE(ra == rb && a.members == b.members && a.digest == b.digest);
   ENSURE(ra == 0 || ra == MG_EPARSE);
   if (ra) ENSURE(ea.msg && ea.offset <= size && ea.offset == eb.offset);
+  st_t aa = {0}, ab = {0};
+  mg_json_error_t xa, xb;
+  int qa = mg_json_array(in, size, on_element, &aa, &xa);
+  int qb = mg_json_array(in, size, on_element, &ab, &xb);
+  ENSURE(qa == qb && aa.members == ab.members && aa.digest == ab.digest);
+  ENSURE(qa == 0 || qa == MG_EPARSE);
+  if (qa) ENSURE(xa.msg && xa.offset <= size && xa.offset == xb.offset);
+  ENSURE(!(qa == 0 && ra == 0)); /* one document is not both */
+  check_http_sd(in, size, qa);
   static const mg_creds_doc_t docs[] = {MG_CREDS_DOC_IMDS, MG_CREDS_DOC_ECS, MG_CREDS_DOC_PROCESS};
   for (size_t d = 0; d < 3; d++) {
     char msg[512] = "";

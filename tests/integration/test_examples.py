@@ -1,8 +1,8 @@
 """Every example under scripts/examples/ is checked: `moongate check` accepts
 it, and where an input exposition file sits next to it
-(NAME.input.prom, with extra arguments in NAME.args), `moongate test`
-prints exactly NAME.expected. Also runs scripts that throw or loop forever
-in hooks: moongate must keep going and apply the fallback."""
+(NAME.input.prom, with extra arguments in NAME.args, one line per run),
+`moongate test` prints exactly NAME.expected. Also runs scripts that throw
+or loop forever in hooks: moongate must keep going and apply the fallback."""
 import os
 import subprocess
 import sys
@@ -38,13 +38,18 @@ for f in names:
     inp = os.path.join(EXAMPLES, stem + ".input.prom")
     if not os.path.exists(inp):
         continue
-    args = []
+    # NAME.args: one line of arguments per run; NAME.expected holds the
+    # outputs of the runs in that order (no .args: one run, no arguments).
+    runs = [[]]
     if os.path.exists(os.path.join(EXAMPLES, stem + ".args")):
-        args = open(os.path.join(EXAMPLES, stem + ".args")).read().split()
-    r = run(["test", path, "--input", inp] + args)
+        runs = [ln.split() for ln in open(os.path.join(EXAMPLES, stem + ".args")) if ln.strip()]
+    out, rc, err = "", 0, ""
+    for args in runs:
+        r = run(["test", path, "--input", inp] + args)
+        out, rc, err = out + r.stdout, rc or r.returncode, err + r.stderr
     want = open(os.path.join(EXAMPLES, stem + ".expected")).read()
-    check(r.returncode == 0 and r.stdout == want, f"test {f} matches {stem}.expected",
-          f"rc={r.returncode}\n--- got\n{r.stdout}\n--- want\n{want}\n--- stderr\n{r.stderr}")
+    check(rc == 0 and out == want, f"test {f} matches {stem}.expected",
+          f"rc={rc}\n--- got\n{out}\n--- want\n{want}\n--- stderr\n{err}")
 
 # Hooks that fail: an error, an endless loop, a bad result. Each series
 # takes the fallback, the run completes, and each failure is logged.

@@ -143,7 +143,8 @@ MG_TEST(json_array_elements) {
   /* Each element is reported as it is read, so the caller sees "a" before the
    * error is found; the return value is what counts. */
   static const char *bad[] = {"", "{}", "null", "\"s\"", "[", "[1,]", "[,1]", "[1 2]", "[1]]", "[1]x", "[\"\x01\"]",
-                              "[\"\\ud800\"]", "[\"\xc0\xaf\"]", "[01]", "[{\"a\" 1}]", "[{\"a\":1,}]", "\xef\xbb\xbf[]",
+                              "[\"\\ud800\"]", "[\"\xc0\xaf\"]", "[01]", "[{\"a\" 1}]", "[{\"a\":1,}]",
+                              "\xef\xbb\xbf[]",
                               "[\"a\"", "[[[]]"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     err = (mg_json_error_t){0, NULL};
