@@ -59,11 +59,10 @@ static int say(char *why, size_t whylen, const char *fmt, ...) {
   return MG_ECONFIG;
 }
 
+/* The loaders leave YAML nulls out; an empty value means "not set" too,
+ * as Prometheus reads an empty string. */
 static bool is_null(const mg_conf_val_t *v) {
-  if (!v) return true;
-  if (v->type != MG_CONF_VAL_SCALAR) return false;
-  const char *s = v->s ? v->s : "";
-  return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
+  return !v || (v->type == MG_CONF_VAL_SCALAR && (!v->s || !*v->s));
 }
 
 static const char *scalar(const mg_conf_val_t *v) { return v && v->type == MG_CONF_VAL_SCALAR && v->s ? v->s : NULL; }

@@ -50,12 +50,10 @@ static bool has_ctl(const char *s) {
   return false;
 }
 
-/* A YAML null (or an empty Lua string) means "not set", as in Prometheus. */
+/* The loaders leave YAML nulls out; an empty value means "not set" too,
+ * as Prometheus reads an empty string. */
 static bool is_null(const mg_conf_val_t *v) {
-  if (!v) return true;
-  if (v->type != MG_CONF_VAL_SCALAR) return false;
-  const char *s = v->s ? v->s : "";
-  return !*s || !strcmp(s, "~") || !strcmp(s, "null") || !strcmp(s, "Null") || !strcmp(s, "NULL");
+  return !v || (v->type == MG_CONF_VAL_SCALAR && (!v->s || !*v->s));
 }
 
 static int get_str(const mg_conf_val_t *v, const char *field, bool secret, char **slot, char *why, size_t whylen) {
