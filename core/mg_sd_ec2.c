@@ -32,6 +32,7 @@
 #define MAX_FILTERS 50
 #define MAX_FILTER_VALUES 200
 #define MAX_DEVICE_INDEX 64 /* network cards * interfaces of the largest instances */
+#define MAX_ZONES 1000
 #define REQUEST_TIMEOUT_MS 30000
 #define IMDS_TIMEOUT_MS 1000
 #define API_VERSION "2016-11-15"
@@ -731,7 +732,7 @@ static void on_aws_error(ec2_t *e, mg_creds_value_t *sw, mg_http_response_t *res
 /* ---- DescribeAvailabilityZones */
 
 typedef struct zones_parse {
-  ec2_t *e;
+  mg_kvs_t *zones;
   char *name, *id;
 } zones_parse_t;
 
@@ -745,21 +746,25 @@ static int on_zone_leaf(void *ud, const mg_str_t *path, size_t depth, mg_str_t t
 static int on_zone_end(void *ud, const mg_str_t *path, size_t depth) {
   zones_parse_t *z = ud;
   if (!path_is(path, depth, 1, "availabilityZoneInfo/item")) return 0;
-  int rc = z->name && z->id && z->e->zones.n < 1000 ? mg_kvs_set(&z->e->zones, z->name, z->id) : 0;
+  int rc = z->name && z->id && z->zones->n < MAX_ZONES ? mg_kvs_set(z->zones, z->name, z->id) : 0;
   mg_free(z->name);
   mg_free(z->id);
   z->name = z->id = NULL;
   return rc;
 }
 
-static void on_zones(ec2_t *e, mg_http_response_t *resp) {
-  zones_parse_t z = {e, NULL, NULL};
+int mg_sd_ec2_parse_zones(const char *xml, size_t len, mg_kvs_t *zones) {
+  zones_parse_t z = {zones, NULL, NULL};
   mg_xml_handlers_t h = {.leaf = on_zone_leaf, .end = on_zone_end, .max_input = MAX_PAGE_BYTES};
-  mg_kvs_cleanup(&e->zones);
-  const char *body = resp->body && resp->body->data ? resp->body->data : "";
-  int rc = mg_xml_parse_ex(body, resp->body ? resp->body->len : 0, &h, &z, NULL);
+  int rc = mg_xml_parse_ex(xml ? xml : "", xml ? len : 0, &h, &z, NULL);
   mg_free(z.name);
   mg_free(z.id);
+  return rc;
+}
+
+static void on_zones(ec2_t *e, mg_http_response_t *resp) {
+  mg_kvs_cleanup(&e->zones);
+  int rc = mg_sd_ec2_parse_zones(resp->body ? resp->body->data : NULL, resp->body ? resp->body->len : 0, &e->zones);
   if (rc) {
     mg_kvs_cleanup(&e->zones);
     MG_DEBUG(MOD, "zones_unreadable", "job=%s err=%s", e->name, mg_err_name(rc));
@@ -852,10 +857,11 @@ static void inst_clear(inst_t *in) {
 }
 
 typedef struct page {
-  ec2_t *e;
+  const mg_sd_ec2_page_opts_t *o;
+  mg_sd_targets_t *ts;
   inst_t in;
   char *owner;      /* of the reservation being read */
-  size_t res_start; /* its first target in e->acc */
+  size_t res_start; /* its first target in ts */
   char *next_token;
   bool root_ok;
 } page_t;
@@ -900,10 +906,10 @@ static int add_list_label(mg_kvs_t *l, const char *name, const strv_t *s) {
   return rc;
 }
 
-static int instance_labels(const ec2_t *e, const inst_t *in, mg_kvs_t *l) {
+static int instance_labels(const mg_sd_ec2_page_opts_t *o, const inst_t *in, mg_kvs_t *l) {
   char *const *f = in->f;
   int rc = add_label(l, "__meta_ec2_instance_id", f[F_ID]);
-  if (!rc) rc = add_label(l, "__meta_ec2_region", e->region);
+  if (!rc) rc = add_label(l, "__meta_ec2_region", o->region);
   if (!rc) rc = add_label(l, "__meta_ec2_private_ip", f[F_PRIVATE_IP]);
   if (!rc) rc = add_label(l, "__meta_ec2_private_dns_name", f[F_PRIVATE_DNS]);
   if (!rc) rc = add_label(l, "__meta_ec2_platform", f[F_PLATFORM]);
@@ -911,7 +917,7 @@ static int instance_labels(const ec2_t *e, const inst_t *in, mg_kvs_t *l) {
   if (!rc && f[F_PUBLIC_IP]) rc = add_label(l, "__meta_ec2_public_dns_name", f[F_PUBLIC_DNS]);
   if (!rc) rc = add_label(l, "__meta_ec2_ami", f[F_AMI]);
   if (!rc) rc = add_label(l, "__meta_ec2_availability_zone", f[F_AZ]);
-  if (!rc && f[F_AZ]) rc = add_label(l, "__meta_ec2_availability_zone_id", mg_kvs_get(&e->zones, f[F_AZ]));
+  if (!rc && f[F_AZ] && o->zones) rc = add_label(l, "__meta_ec2_availability_zone_id", mg_kvs_get(o->zones, f[F_AZ]));
   if (!rc) rc = add_label(l, "__meta_ec2_instance_state", f[F_STATE]);
   if (!rc) rc = add_label(l, "__meta_ec2_instance_type", f[F_TYPE]);
   if (!rc) rc = add_label(l, "__meta_ec2_instance_lifecycle", f[F_LIFECYCLE]);
@@ -935,14 +941,13 @@ static int instance_labels(const ec2_t *e, const inst_t *in, mg_kvs_t *l) {
 
 /* An instance element ended: a target if it has a private IP. */
 static int emit_instance(page_t *pg) {
-  ec2_t *e = pg->e;
   const char *ip = pg->in.f[F_PRIVATE_IP];
   if (!ip || !ip[0]) return 0; /* stopped or terminated: nothing to scrape */
-  if (e->acc.n >= MG_CONF_MAX_TARGETS) return MG_ETOOBIG;
+  if (pg->ts->n >= (pg->o->max_targets ? pg->o->max_targets : MG_CONF_MAX_TARGETS)) return MG_ETOOBIG;
   char addr[320];
-  snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%.256s]:%u" : "%.256s:%u", ip, e->o.port);
-  mg_conf_target_t *t = mg_sd_targets_add(&e->acc, addr);
-  return t ? instance_labels(e, &pg->in, &t->labels) : MG_ENOMEM;
+  snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%.256s]:%u" : "%.256s:%u", ip, pg->o->port);
+  mg_conf_target_t *t = mg_sd_targets_add(pg->ts, addr);
+  return t ? instance_labels(pg->o, &pg->in, &t->labels) : MG_ENOMEM;
 }
 
 /* A network interface item ended: its subnet (once) and IPv6 addresses
@@ -1033,11 +1038,10 @@ static int on_page_end(void *ud, const mg_str_t *path, size_t depth) {
   }
   if (path_is(path, depth, 1, "reservationSet/item")) {
     /* The owner is the reservation's: label its instances now that it ended. */
-    ec2_t *e = pg->e;
     int rc = 0;
-    for (size_t i = pg->res_start; i < e->acc.n && !rc; i++)
-      rc = add_label(&e->acc.v[i].labels, "__meta_ec2_owner_id", pg->owner);
-    pg->res_start = e->acc.n;
+    for (size_t i = pg->res_start; i < pg->ts->n && !rc; i++)
+      rc = add_label(&pg->ts->v[i].labels, "__meta_ec2_owner_id", pg->owner);
+    pg->res_start = pg->ts->n;
     mg_free(pg->owner);
     pg->owner = NULL;
     return rc;
@@ -1045,17 +1049,31 @@ static int on_page_end(void *ud, const mg_str_t *path, size_t depth) {
   return 0;
 }
 
-static void on_instances(ec2_t *e, mg_http_response_t *resp) {
-  page_t pg = {.e = e, .res_start = e->acc.n};
+int mg_sd_ec2_parse_instances(const char *xml, size_t len, const mg_sd_ec2_page_opts_t *o, mg_sd_targets_t *ts,
+                              char **next_token, mg_xml_error_t *err) {
+  page_t pg = {.o = o, .ts = ts, .res_start = ts->n};
   mg_xml_handlers_t h = {.leaf = on_page_leaf, .end = on_page_end, .max_input = MAX_PAGE_BYTES};
-  mg_xml_error_t xe = {0, NULL};
-  const char *body = resp->body && resp->body->data ? resp->body->data : "";
-  int rc = mg_xml_parse_ex(body, resp->body ? resp->body->len : 0, &h, &pg, &xe);
+  if (err) *err = (mg_xml_error_t){0, NULL};
+  *next_token = NULL;
+  int rc = mg_xml_parse_ex(xml ? xml : "", xml ? len : 0, &h, &pg, err);
   inst_clear(&pg.in);
   mg_free(pg.owner);
+  if (rc || (pg.next_token && !pg.next_token[0])) {
+    mg_free(pg.next_token);
+    pg.next_token = NULL;
+  }
+  *next_token = pg.next_token;
+  return rc;
+}
+
+static void on_instances(ec2_t *e, mg_http_response_t *resp) {
+  mg_sd_ec2_page_opts_t po = {.region = e->region, .port = e->o.port, .zones = &e->zones};
+  mg_xml_error_t xe;
+  char *token = NULL;
+  int rc = mg_sd_ec2_parse_instances(resp->body ? resp->body->data : NULL, resp->body ? resp->body->len : 0, &po,
+                                     &e->acc, &token, &xe);
   e->pages++;
   if (rc) {
-    mg_free(pg.next_token);
     char key[64];
     snprintf(key, sizeof key, "answer:%s", mg_err_name(rc));
     if (rc == MG_ETOOBIG)
@@ -1067,14 +1085,13 @@ static void on_instances(ec2_t *e, mg_http_response_t *resp) {
            xe.msg ? xe.msg : rc == MG_EPARSE ? "not a DescribeInstancesResponse" : mg_err_str(rc));
     return;
   }
-  if (!pg.next_token || !pg.next_token[0]) {
-    mg_free(pg.next_token);
+  if (!token) {
     finish(e, true);
     return;
   }
-  bool repeated = e->next_token && strcmp(e->next_token, pg.next_token) == 0;
+  bool repeated = e->next_token && strcmp(e->next_token, token) == 0;
   mg_free(e->next_token);
-  e->next_token = pg.next_token;
+  e->next_token = token;
   if (repeated || e->pages >= MAX_PAGES) {
     fail(e, "answer:pages", MG_LOG_ERROR, "refresh_failed", "pages=%u detail=\"%s\"", e->pages,
          repeated ? "the same NextToken twice" : "too many pages");

@@ -8,6 +8,7 @@
 #define MG_SD_EC2_H
 
 #include "mg_sd.h"
+#include "mg_xml.h"
 
 /* Options (a MAP, as in prometheus.yml):
  *   region            signing region and default endpoint; else AWS_REGION,
@@ -30,5 +31,28 @@
  * (AuthFailure, RequestExpired, UnauthorizedOperation, ExpiredToken, ...)
  * forces one credential refresh (mg_creds_invalidate) and one retry first. */
 extern const mg_sd_ops_t mg_sd_ec2_ops;
+
+/* ---- the answers' parsers, exposed for tests and fuzzing (pure) ---- */
+
+typedef struct mg_sd_ec2_page_opts {
+  const char *region;     /* __meta_ec2_region */
+  unsigned port;          /* of __address__ */
+  const mg_kvs_t *zones;  /* zone name -> zone id; NULL: no zone ids */
+  size_t max_targets;     /* in ts, this page's included; 0: MG_CONF_MAX_TARGETS */
+} mg_sd_ec2_page_opts_t;
+
+/* One DescribeInstances answer (a DescribeInstancesResponse document):
+ * appends to ts a target per instance that has a private IP, with
+ * Prometheus's __meta_ec2_* labels, and sets *next_token (owned; NULL on
+ * the last page). Returns 0; MG_EPARSE (another document, or not XML:
+ * *err says where when it is the XML); MG_ETOOBIG (past max_targets, or
+ * the answer over 16 MiB); MG_ENOMEM. On error ts may hold some of this
+ * answer's targets: the caller drops the refresh. */
+int mg_sd_ec2_parse_instances(const char *xml, size_t len, const mg_sd_ec2_page_opts_t *o, mg_sd_targets_t *ts,
+                              char **next_token, mg_xml_error_t *err);
+
+/* One DescribeAvailabilityZones answer: zone name -> zone id into zones
+ * (at most 1000). 0, MG_EPARSE, MG_ETOOBIG or MG_ENOMEM. */
+int mg_sd_ec2_parse_zones(const char *xml, size_t len, mg_kvs_t *zones);
 
 #endif

@@ -816,4 +816,59 @@ MG_TEST(ec2_check_options) {
   tl_rm_rf(tl_home);
 }
 
+MG_TEST(ec2_page_parser_edges) {
+  mg_sd_targets_t ts = {0};
+  mg_kvs_t zones = {0};
+  char *tok = NULL;
+  mg_xml_error_t xe;
+  CHECK_INT(mg_sd_ec2_parse_zones(zones_xml, strlen(zones_xml), &zones), 0);
+  CHECK_INT(zones.n, 2);
+  CHECK_STR(mg_kvs_get(&zones, "us-east-1b"), "use1-az1");
+  mg_sd_ec2_page_opts_t o = {.region = "us-east-1", .port = 80, .zones = &zones};
+  /* Tags whose names sanitize alike: the later one wins; an IPv6-only
+   * private address is bracketed; an empty nextToken ends the listing. */
+  const char *doc = "<DescribeInstancesResponse><reservationSet><item><instancesSet><item>"
+                    "<instanceId>i-1</instanceId><privateIpAddress>fd00::1</privateIpAddress>"
+                    "<tagSet><item><key>a.b</key><value>1</value></item><item><value>2</value><key>a-b</key></item>"
+                    "<item><key>nokey-value</key></item></tagSet>"
+                    "</item></instancesSet></item></reservationSet><nextToken></nextToken></DescribeInstancesResponse>";
+  CHECK_INT(mg_sd_ec2_parse_instances(doc, strlen(doc), &o, &ts, &tok, &xe), 0);
+  CHECK(tok == NULL);
+  REQUIRE(ts.n == 1);
+  CHECK_STR(ts.v[0].address, "[fd00::1]:80");
+  CHECK_STR(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_tag_a_b"), "2");
+  CHECK(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_tag_nokey_value") == NULL);
+  CHECK(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_owner_id") == NULL); /* no ownerId in the reservation */
+  /* Past max_targets. */
+  o.max_targets = 2;
+  CHECK_INT(mg_sd_ec2_parse_instances(page1_xml, strlen(page1_xml), &o, &ts, &tok, &xe), MG_ETOOBIG);
+  CHECK(tok == NULL);
+  mg_sd_targets_cleanup(&ts);
+  o.max_targets = 0;
+  CHECK_INT(mg_sd_ec2_parse_instances(page1_xml, strlen(page1_xml), &o, &ts, &tok, &xe), 0);
+  CHECK_STR(tok, "tok-1");
+  CHECK_INT(ts.n, 2);
+  mg_free(tok);
+  /* Another document, or broken XML. */
+  const char *err_doc = "<Response><Errors><Error><Code>AuthFailure</Code></Error></Errors></Response>";
+  CHECK_INT(mg_sd_ec2_parse_instances(err_doc, strlen(err_doc), &o, &ts, &tok, &xe), MG_EPARSE);
+  CHECK_INT(mg_sd_ec2_parse_instances("<DescribeInstancesResponse>", 27, &o, &ts, &tok, &xe), MG_EPARSE);
+  CHECK(xe.msg != NULL && xe.line == 1);
+  CHECK(tok == NULL);
+  /* Out of memory at every allocation in turn: an error, never a crash
+   * or a leak (ASan checks the latter). */
+  for (uint64_t n = 1; n < 400; n++) {
+    mg_sd_targets_t t2 = {0};
+    mg_mem_fail_at(n);
+    int rc = mg_sd_ec2_parse_instances(page1_xml, strlen(page1_xml), &o, &t2, &tok, &xe);
+    mg_mem_fail_at(0);
+    CHECK(rc == 0 || rc == MG_ENOMEM);
+    mg_free(tok);
+    tok = NULL;
+    mg_sd_targets_cleanup(&t2);
+  }
+  mg_sd_targets_cleanup(&ts);
+  mg_kvs_cleanup(&zones);
+}
+
 MG_TEST_MAIN()
