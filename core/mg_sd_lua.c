@@ -28,7 +28,8 @@ static int read_opts(const mg_conf_sd_t *sd, uint64_t *ms, mg_kvs_t *labels, cha
   if (r && (r->type != MG_CONF_VAL_SCALAR || mg_conf_parse_duration(r->s, ms) != 0 || !*ms))
     return snprintf(why, whylen, "function targets: refresh must be a duration above 0 (e.g. \"30s\")"), MG_ECONFIG;
   const mg_conf_val_t *l = mg_conf_val_get(o, "labels");
-  if (l && l->type != MG_CONF_VAL_MAP) return snprintf(why, whylen, "function targets: labels must be a map"), MG_ECONFIG;
+  if (l && l->type != MG_CONF_VAL_MAP)
+    return snprintf(why, whylen, "function targets: labels must be a map"), MG_ECONFIG;
   for (size_t i = 0; l && i < l->n; i++) {
     if (l->v[i]->type != MG_CONF_VAL_SCALAR || !mg_parse_valid_label_name(mg_str(l->keys[i])))
       return snprintf(why, whylen, "function targets: labels must map label names to values"), MG_ECONFIG;
@@ -39,8 +40,9 @@ static int read_opts(const mg_conf_sd_t *sd, uint64_t *ms, mg_kvs_t *labels, cha
 
 static int lua_check(const mg_conf_sd_t *sd, char *why, size_t whylen) {
   if (sd->lua_ref < 0)
-    return snprintf(why, whylen, "lua discovery is a function in a Lua script (mg.scrape{targets = function ...}), "
-                                 "not a prometheus.yml section"),
+    return snprintf(why, whylen,
+                    "lua discovery is a function in a Lua script (mg.scrape{targets = function ...}), "
+                    "not a prometheus.yml section"),
            MG_ECONFIG;
   uint64_t ms;
   return read_opts(sd, &ms, NULL, why, whylen);
@@ -109,8 +111,7 @@ static int add_target(call_t *c, const char *address, lua_State *L, int labels) 
   while (lua_next(L, labels)) {
     const char *k = text_at(L, -2), *v = text_at(L, -1);
     if (!k || !v) return lua_pop(L, 2), bad(c, "labels must map string names to string values");
-    if (!mg_parse_valid_label_name(mg_str(k)))
-      return lua_pop(L, 2), bad(c, "invalid label name \"%.64s\"", k);
+    if (!mg_parse_valid_label_name(mg_str(k))) return lua_pop(L, 2), bad(c, "invalid label name \"%.64s\"", k);
     if (strcmp(k, "__address__") != 0 && mg_kvs_set(&t->labels, k, v) != 0)
       return lua_pop(L, 2), bad(c, "out of memory");
     lua_pop(L, 1);
@@ -129,8 +130,10 @@ static int read_group(call_t *c, lua_State *L, int idx, size_t pos) {
   }
   lua_getfield(L, idx, "labels");
   int labels = lua_gettop(L);
-  if (lua_isnil(L, labels)) labels = 0;
-  else if (!lua_istable(L, labels)) return bad(c, "entry %zu: labels must be a table", pos);
+  if (lua_isnil(L, labels))
+    labels = 0;
+  else if (!lua_istable(L, labels))
+    return bad(c, "entry %zu: labels must be a table", pos);
   lua_getfield(L, idx, "targets");
   int list = lua_gettop(L);
   size_t n;
@@ -154,8 +157,9 @@ static int read_result(call_t *c, lua_State *L, int res) {
     lua_rawgeti(L, res, (int)i);
     int e = lua_gettop(L);
     const char *a = text_at(L, e);
-    int rc = a ? add_target(c, a, L, 0) : lua_istable(L, e) ? read_group(c, L, e, i)
-                                                           : bad(c, "entry %zu: not a string or a group", i);
+    int rc = a                   ? add_target(c, a, L, 0)
+             : lua_istable(L, e) ? read_group(c, L, e, i)
+                                 : bad(c, "entry %zu: not a string or a group", i);
     if (rc) return rc;
     lua_settop(L, res);
   }
@@ -188,8 +192,10 @@ static void on_tick(uv_timer_t *h) {
     mg_metric_inc(l->m_bad);
     if (strcmp(c.bad, l->last_bad) != 0) {
       char q[300];
-      MG_WARN("lua", "targets_bad_result", "job=%s problem=%s hint=\"the previous targets are kept; see "
-              "docs/lua-api.md, Function targets\"", l->env->job->name, mg_log_q(q, sizeof q, c.bad, strlen(c.bad)));
+      MG_WARN("lua", "targets_bad_result",
+              "job=%s problem=%s hint=\"the previous targets are kept; see "
+              "docs/lua-api.md, Function targets\"",
+              l->env->job->name, mg_log_q(q, sizeof q, c.bad, strlen(c.bad)));
       snprintf(l->last_bad, sizeof l->last_bad, "%s", c.bad);
     }
   }
@@ -216,8 +222,7 @@ static void lua_stop(void *state) {
   uv_close((uv_handle_t *)&l->timer, on_closed);
 }
 
-static int lua_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_update_fn update, void *ud,
-                     void **state) {
+static int lua_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_update_fn update, void *ud, void **state) {
   char why[300];
   uint64_t refresh_ms;
   if (!env->lua || sd->lua_ref < 0) return MG_EINVAL;
