@@ -1464,7 +1464,10 @@ struct informer {
 };
 
 struct k8s {
-  const mg_sd_env_t *env;
+  const mg_sd_env_t *env; /* used in start only: it may go before our last callback */
+  uv_loop_t *loop;
+  mg_http_client_t *http;
+  char *job;
   mg_sd_update_fn update;
   void *ud;
   kconf_t conf;
@@ -1488,7 +1491,7 @@ struct k8s {
   mg_arena_t scratch; /* target building */
 };
 
-static const char *job_name(const k8s_t *k) { return k->env->job && k->env->job->name ? k->env->job->name : ""; }
+static const char *job_name(const k8s_t *k) { return k->job ? k->job : ""; }
 
 static void maybe_free(k8s_t *k) {
   if (!k->closing || k->handles > 0 || k->pending > 0) return;
@@ -1505,6 +1508,7 @@ static void maybe_free(k8s_t *k) {
   mg_free(k->base);
   mg_free(k->ca_file);
   mg_free(k->secret_file);
+  mg_free(k->job);
   kconf_free(&k->conf);
   mg_free(k);
 }
@@ -1513,6 +1517,12 @@ static void on_handle_closed(uv_handle_t *h) {
   k8s_t *k = h->data;
   k->handles--;
   maybe_free(k);
+}
+
+static void on_inf_timer_closed(uv_handle_t *h) {
+  informer_t *in = h->data;
+  in->k->handles--;
+  maybe_free(in->k);
 }
 
 /* ---- reports ---- */
@@ -1744,6 +1754,7 @@ static void ep_unseen_ports(tb_t *b, const obj_t *o, const char *service, const 
 
 static void endpoints_target(tb_t *b, const obj_t *o, const epaddr_t *a, const port_t *port, const char *ready,
                              seen_t *s) {
+  if (!a->ip || !a->ip[0]) return; /* no address, no target */
   ep_group(b, o, o->name);
   tb_add(b, META "endpoint_port_name", or_empty(port->name));
   tb_add(b, META "endpoint_port_protocol", or_empty(port->protocol));
@@ -1763,7 +1774,7 @@ static void endpoints_target(tb_t *b, const obj_t *o, const epaddr_t *a, const p
     seen_add(s, pod, port->number);
     ep_pod_labels(b, pod, port, false);
   }
-  tb_emit(b, a->ip ? scratch_join(b, a->ip, port->number) : NULL);
+  tb_emit(b, scratch_join(b, a->ip, port->number));
 }
 
 static void build_endpoints(tb_t *b, const obj_t *o) {
@@ -1846,7 +1857,7 @@ static void flush(k8s_t *k) {
   mg_free(objs);
   mg_free(b.v);
   mg_arena_reset(&k->scratch);
-  k->last_flush = uv_now(k->env->loop);
+  k->last_flush = uv_now(k->loop);
   if (b.err) {
     MG_ERROR(MOD, "targets_failed", "job=%s role=%s err=%s hint=\"%s\"", job_name(k), resources[role].role,
              mg_err_name(b.err),
@@ -1873,7 +1884,7 @@ static void on_flush_timer(uv_timer_t *t) {
  * one report. */
 static void schedule_flush(k8s_t *k) {
   if (k->closing || k->flush_armed) return;
-  uint64_t now = uv_now(k->env->loop), next = k->last_flush + FLUSH_INTERVAL_MS;
+  uint64_t now = uv_now(k->loop), next = k->last_flush + FLUSH_INTERVAL_MS;
   k->flush_armed = true;
   uv_timer_start(&k->flush_timer, on_flush_timer, k->reported && next > now ? next - now : 0, 0);
 }
@@ -1961,7 +1972,7 @@ static int informer_request(informer_t *in, bool watch) {
                            .on_body = watch ? watch_body : list_body};
   in->why[0] = '\0';
   if (rc == 0)
-    rc = mg_http_client_request(k->env->http, &req, watch ? on_watch_done : on_list_done, in, &in->req);
+    rc = mg_http_client_request(k->http, &req, watch ? on_watch_done : on_list_done, in, &in->req);
   mg_buf_cleanup(&url);
   if (rc == 0) k->pending++;
   return rc;
@@ -2158,7 +2169,7 @@ static void on_list_done(void *ud, int err, const char *detail, mg_http_response
     in->synced = true;
     in->failures = 0;
     in->last_err[0] = '\0';
-    in->listed_at = uv_now(k->env->loop);
+    in->listed_at = uv_now(k->loop);
     schedule_flush(k);
     informer_watch(in);
     return;
@@ -2261,7 +2272,7 @@ static void informer_watch(informer_t *in) {
   in->watch_relist = false;
   in->have_event_obj = false;
   in->ev_type[0] = '\0';
-  in->watch_at = uv_now(k->env->loop);
+  in->watch_at = uv_now(k->loop);
   jsplit_reset(&in->split, watch_member, NULL, watch_end, in);
   int rc = informer_request(in, true);
   if (rc == 0) return;
@@ -2281,7 +2292,7 @@ static void on_watch_done(void *ud, int err, const char *detail, mg_http_respons
     return;
   }
   int status = resp ? resp->status : 0;
-  uint64_t now = uv_now(k->env->loop);
+  uint64_t now = uv_now(k->loop);
   if (in->watch_relist || (err == 0 && status == 410)) {
     MG_INFO(MOD, "watch_expired", "job=%s resource=%s namespace=%s action=relist", job_name(k),
             resources[in->res].plural, in->ns ? in->ns : "(all)");
@@ -2364,7 +2375,7 @@ static void fread_on_close(uv_fs_t *req) {
 }
 
 static void fread_close(fread_op_t *op) {
-  if (uv_fs_close(op->k->env->loop, &op->req, op->fd, fread_on_close) != 0) fread_done(op);
+  if (uv_fs_close(op->k->loop, &op->req, op->fd, fread_on_close) != 0) fread_done(op);
 }
 
 static void fread_on_read(uv_fs_t *req) {
@@ -2375,7 +2386,7 @@ static void fread_on_read(uv_fs_t *req) {
   if (r > 0) op->len += (size_t)r;
   if (r > 0 && op->len <= MAX_SECRET_FILE) {
     uv_buf_t b = uv_buf_init(op->buf + op->len, (unsigned)(sizeof op->buf - op->len));
-    if (uv_fs_read(op->k->env->loop, &op->req, op->fd, &b, 1, (int64_t)op->len, fread_on_read) == 0) return;
+    if (uv_fs_read(op->k->loop, &op->req, op->fd, &b, 1, (int64_t)op->len, fread_on_read) == 0) return;
     op->err = MG_EIO;
   }
   fread_close(op);
@@ -2392,7 +2403,7 @@ static void fread_on_open(uv_fs_t *req) {
   }
   op->fd = (uv_file)r;
   uv_buf_t b = uv_buf_init(op->buf, (unsigned)sizeof op->buf);
-  if (uv_fs_read(op->k->env->loop, &op->req, op->fd, &b, 1, 0, fread_on_read) != 0) {
+  if (uv_fs_read(op->k->loop, &op->req, op->fd, &b, 1, 0, fread_on_read) != 0) {
     op->err = MG_EIO;
     fread_close(op);
   }
@@ -2407,7 +2418,7 @@ static void on_file_timer(uv_timer_t *t) {
   op->req.data = op;
   k->pending++;
   k->reading = true;
-  if (uv_fs_open(k->env->loop, &op->req, k->secret_file, O_RDONLY | O_CLOEXEC, 0, fread_on_open) != 0) {
+  if (uv_fs_open(k->loop, &op->req, k->secret_file, O_RDONLY | O_CLOEXEC, 0, fread_on_open) != 0) {
     op->err = MG_EIO;
     fread_done(op);
   }
@@ -2519,7 +2530,7 @@ static int add_informer(k8s_t *k, res_t res, const char *ns) {
   mg_buf_init(&in->split.key, MAX_KEY);
   mg_buf_init(&in->split.val, MG_JSON_MAX_INPUT);
   mg_buf_init(&in->ev_obj, MG_JSON_MAX_INPUT);
-  uv_timer_init(k->env->loop, &in->timer);
+  uv_timer_init(k->loop, &in->timer);
   in->timer.data = in;
   k->handles++;
   return 0;
@@ -2554,7 +2565,7 @@ static void k8s_stop(void *state) {
   for (size_t i = 0; i < k->ninf; i++) {
     informer_t *in = &k->inf[i];
     if (in->req) mg_http_client_cancel(in->req); /* its callback still runs, deferred */
-    uv_close((uv_handle_t *)&in->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&in->timer, on_inf_timer_closed);
   }
   uv_close((uv_handle_t *)&k->flush_timer, on_handle_closed);
   uv_close((uv_handle_t *)&k->file_timer, on_handle_closed);
@@ -2567,6 +2578,9 @@ static int k8s_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_updat
   k8s_t *k = mg_calloc(1, sizeof *k);
   if (!k) return MG_ENOMEM;
   k->env = env;
+  k->loop = env->loop;
+  k->http = env->http;
+  k->job = mg_strdup(env->job && env->job->name ? env->job->name : "");
   k->update = update;
   k->ud = ud;
   mg_arena_init(&k->scratch, 64 * 1024, 0);
