@@ -318,7 +318,8 @@ static int parse_namespaces(const mg_conf_val_t *v, kconf_t *c, char *why, size_
 /* Which selector roles a discovery role may use, as in Prometheus. */
 static bool selector_allowed(res_t role, res_t sel, bool attach_node) {
   if (sel == role) return true;
-  if (role == RES_ENDPOINTS || role == RES_SLICE) return sel == RES_POD || sel == RES_SERVICE || (sel == RES_NODE && attach_node);
+  if (role == RES_ENDPOINTS || role == RES_SLICE)
+    return sel == RES_POD || sel == RES_SERVICE || (sel == RES_NODE && attach_node);
   if (role == RES_POD) return sel == RES_NODE && attach_node;
   return false;
 }
@@ -446,7 +447,8 @@ static int kconf_parse(const mg_conf_val_t *o, kconf_t *c, char *why, size_t n) 
     return bad(why, n, "kubernetes_sd_configs: kubeconfig_file is not supported by moongate; set api_server (with "
                        "bearer_token_file and tls_config), or leave both out inside the cluster");
   const char *role = mg_conf_val_str(o, "role");
-  if (!role) return bad(why, n, "kubernetes_sd_configs: role is required (pod, service, endpoints, endpointslice, node)");
+  if (!role)
+    return bad(why, n, "kubernetes_sd_configs: role is required (pod, service, endpoints, endpointslice, node)");
   if ((rc = parse_role(role, &c->role, why, n))) return rc;
   const mg_conf_val_t *v;
   bool ignored = false;
@@ -2333,7 +2335,8 @@ static void apply_secret(k8s_t *k, fread_op_t *op) {
   op->buf[n] = '\0';
   if (op->err) snprintf(problem, sizeof problem, "%s", mg_err_str(op->err));
   else if (op->len > MAX_SECRET_FILE) snprintf(problem, sizeof problem, "larger than %d bytes", MAX_SECRET_FILE);
-  else if (memchr(op->buf, '\0', n) || strpbrk(op->buf, "\r\n")) snprintf(problem, sizeof problem, "holds a line break or NUL");
+  else if (memchr(op->buf, '\0', n) || strpbrk(op->buf, "\r\n"))
+    snprintf(problem, sizeof problem, "holds a line break or NUL");
   char *hdr = NULL;
   if (!problem[0]) {
     mg_conf_auth_t a = k->auth_spec;
@@ -2349,7 +2352,8 @@ static void apply_secret(k8s_t *k, fread_op_t *op) {
     snprintf(k->last_file_err, sizeof k->last_file_err, "%s", problem);
   } else {
     k->last_file_err[0] = '\0';
-    if (!k->auth || strcmp(hdr, k->auth) != 0) MG_INFO(MOD, "credentials_reloaded", "job=%s path=%s", job_name(k), k->secret_file);
+    if (!k->auth || strcmp(hdr, k->auth) != 0)
+      MG_INFO(MOD, "credentials_reloaded", "job=%s path=%s", job_name(k), k->secret_file);
     mg_mem_free_secret(k->auth);
     k->auth = hdr;
     hdr = NULL;

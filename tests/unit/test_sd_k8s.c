@@ -37,6 +37,7 @@ typedef struct fres {
   int fail_status;   /* answer lists and watches with this status */
   bool expire_watch; /* answer the next watch with an ERROR 410 event */
   int lists, watches;
+  unsigned last_watch_rv;
   char last_query[512], last_auth[256];
 } fres_t;
 
@@ -102,6 +103,14 @@ static void fres_del(fres_t *f, const char *name) {
     f->nobjs--;
     return;
   }
+}
+
+/* A BOOKMARK: nothing changed up to a new resourceVersion. */
+static void fres_bookmark(fres_t *f) {
+  char obj[128];
+  snprintf(obj, sizeof obj, "{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"resourceVersion\":\"%u\"}}",
+           ++the_fake->rv);
+  fres_event(f, "BOOKMARK", obj);
 }
 
 static void fres_free(fres_t *f) {
@@ -178,6 +187,7 @@ static void h_res(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
     return;
   }
   unsigned from = query_param(req->query, "resourceVersion", v, sizeof v) ? (unsigned)strtoul(v, NULL, 10) : 0;
+  f->last_watch_rv = from;
   for (int i = 0; i < f->nev; i++)
     if (f->ev_rv[i] > from) mg_buf_append_str(&resp->body, f->ev[i]);
 }
@@ -313,7 +323,9 @@ static const mg_conf_target_t *find_target(const sink_t *s, const char *address)
   return NULL;
 }
 
-static const char *label(const mg_conf_target_t *t, const char *name) { return t ? mg_kvs_get(&t->labels, name) : NULL; }
+static const char *label(const mg_conf_target_t *t, const char *name) {
+  return t ? mg_kvs_get(&t->labels, name) : NULL;
+}
 
 /* Exactly these labels (name=value pairs, NULL-terminated), nothing else. */
 static void check_labels(const mg_conf_target_t *t, const char *const *want) {
@@ -327,7 +339,8 @@ static void check_labels(const mg_conf_target_t *t, const char *const *want) {
     char name[160];
     snprintf(name, sizeof name, "%.*s", (int)(eq - want[n]), want[n]);
     const char *got = mg_kvs_get(&t->labels, name);
-    if (!got || strcmp(got, eq + 1) != 0) MG_FAIL_("label %s: got \"%s\", want \"%s\"", name, got ? got : "(none)", eq + 1);
+    if (!got || strcmp(got, eq + 1) != 0)
+      MG_FAIL_("label %s: got \"%s\", want \"%s\"", name, got ? got : "(none)", eq + 1);
   }
   if (t->labels.n != distinct) {
     MG_FAIL_("target %s has %zu labels, want %zu:", t->address, t->labels.n, distinct);
@@ -562,7 +575,8 @@ MG_TEST(namespaces_and_selectors_reach_the_api) {
   CHECK(find_target(&h.sink, "10.0.1.1:9100") != NULL);
   CHECK(find_target(&h.sink, "10.0.2.1:9100") != NULL);
   CHECK_STR(label(find_target(&h.sink, "10.0.2.1:9100"), "__meta_kubernetes_pod_ready"), "false");
-  CHECK_STR(a->last_query, "labelSelector=app%20in%20%28web%2Capi%29%2Ctier%21%3Ddb&fieldSelector=status.phase%3DRunning");
+  CHECK_STR(a->last_query,
+            "labelSelector=app%20in%20%28web%2Capi%29%2Ctier%21%3Ddb&fieldSelector=status.phase%3DRunning");
   CHECK_STR(b->last_query, a->last_query);
   CHECK_INT(a->lists, 1);
   CHECK_INT(b->lists, 1);
@@ -590,6 +604,14 @@ static bool lists_at_least(harness_t *h, const void *arg) {
   return w->f->lists >= w->n;
 }
 
+static bool watch_from(harness_t *h, const void *arg) {
+  const struct {
+    fres_t *f;
+    unsigned rv;
+  } *w = arg;
+  return w->f->last_watch_rv == w->rv;
+}
+
 MG_TEST(watch_adds_modifies_deletes_and_relists_on_410) {
   harness_t h;
   h_init(&h);
@@ -611,6 +633,14 @@ MG_TEST(watch_adds_modifies_deletes_and_relists_on_410) {
   CHECK(run_until(&h, label_is, changed, 5000));
   fres_del(pods, "p2"); /* DELETED */
   CHECK(run_until(&h, target_gone, "10.0.0.2:9100", 5000));
+  fres_bookmark(pods); /* the next watch starts from the bookmark */
+  unsigned bookmark = h.fake.rv;
+  struct {
+    fres_t *f;
+    unsigned rv;
+  } bw = {pods, bookmark};
+  CHECK(run_until(&h, watch_from, &bw, 5000));
+  CHECK_INT(h.sink.last.n, 1);
   CHECK(pods->watches >= 3);
   CHECK_INT(pods->lists, 1);
 
@@ -959,6 +989,28 @@ MG_TEST(attach_metadata_node_for_pods) {
                                 "eu-west-1b"};
   CHECK(run_until(&h, label_is, zone_b, 5000));
   free(p1);
+  h_finish(&h);
+}
+
+MG_TEST(stop_with_requests_in_flight) {
+  harness_t h;
+  h_init(&h);
+  fres_t *pods = fake_res(&h.fake, "/api/v1/pods", "PodList");
+  fres_t *svcs = fake_res(&h.fake, "/api/v1/services", "ServiceList");
+  fake_res(&h.fake, "/api/v1/endpoints", "EndpointsList");
+  (void)pods;
+  (void)svcs;
+  opt(h.sd.opts, "role", "endpoints");
+  opt(h.sd.opts, "api_server", h.url);
+  REQUIRE(h_start(&h) == 0);
+  /* Three lists are on their way; stop now: no report comes after, and
+   * the loop closes (h_finish checks uv_loop_close). */
+  mg_sd_kubernetes_ops.stop(h.state);
+  h.state = NULL;
+  uv_run(&h.loop, UV_RUN_NOWAIT);
+  int zero = 1;
+  CHECK(!run_until(&h, updates_at_least, &zero, 300));
+  CHECK_INT(h.sink.updates + h.sink.failures, 0);
   h_finish(&h);
 }
 
