@@ -177,6 +177,11 @@ MG_TEST(discovered_targets_relabeled_and_deduped) {
   CHECK(target_index(f.scrape, "//b:1/") > 0);
   CHECK(target_index(f.scrape, "drop:1") < 0);
   CHECK_DBL(metric_value("moongate_sd_discovered_targets{job=\"j\"}"), 2);
+  /* The same report again changes nothing. */
+  long a = target_index(f.scrape, "//a:1/");
+  CHECK_INT(report(f.scrape, 0, "a:1 env=prod", "b:1", "a:1 env=prod", "localhost:1", "drop:1", NULL), 0);
+  CHECK_INT(mg_scrape_ntargets(f.scrape), 3);
+  CHECK_INT(target_index(f.scrape, "//a:1/"), a);
   /* The same address with other labels is another target. */
   CHECK_INT(report(f.scrape, 0, "a:1 env=prod", "a:1 env=dev", "b:1", NULL), 0);
   CHECK_INT(mg_scrape_ntargets(f.scrape), 4);
