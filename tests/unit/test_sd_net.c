@@ -823,27 +823,36 @@ static void on_tcp_conn(uv_stream_t *srv, int status) {
     uv_close((uv_handle_t *)&c->h, on_tcp_closed);
 }
 
-/* UDP and TCP on the same random loopback port (retried if TCP's is taken). */
-static bool fake_dns_start(uv_loop_t *loop, fake_dns_t *d) {
+/* UDP and TCP on the same random port of a loopback address (retried if
+ * TCP's is taken). False if the address cannot be bound (no IPv6). */
+static bool fake_dns_start(uv_loop_t *loop, fake_dns_t *d, const char *ip) {
   for (int attempt = 0; attempt < 20; attempt++) {
-    struct sockaddr_in sa;
-    uv_ip4_addr("127.0.0.1", 0, &sa);
+    struct sockaddr_storage sa;
+    if (strchr(ip, ':')) uv_ip6_addr(ip, 0, (struct sockaddr_in6 *)&sa);
+    else uv_ip4_addr(ip, 0, (struct sockaddr_in *)&sa);
     uv_udp_init(loop, &d->udp);
     d->udp.data = d;
-    if (uv_udp_bind(&d->udp, (const struct sockaddr *)&sa, 0) != 0) return false;
-    struct sockaddr_in bound;
-    int len = sizeof bound;
-    uv_udp_getsockname(&d->udp, (struct sockaddr *)&bound, &len);
     uv_tcp_init(loop, &d->tcp);
     d->tcp.data = d;
-    if (uv_tcp_bind(&d->tcp, (const struct sockaddr *)&bound, 0) == 0 &&
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    if (uv_udp_bind(&d->udp, (const struct sockaddr *)&sa, 0) == 0 &&
+        uv_udp_getsockname(&d->udp, (struct sockaddr *)&bound, &len) == 0 &&
+        uv_tcp_bind(&d->tcp, (const struct sockaddr *)&bound, 0) == 0 &&
         uv_listen((uv_stream_t *)&d->tcp, 8, on_tcp_conn) == 0) {
-      d->port = ntohs(bound.sin_port);
+      d->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                  : ((struct sockaddr_in *)&bound)->sin_port);
       return uv_udp_recv_start(&d->udp, on_udp_alloc, on_udp_read) == 0;
     }
     uv_close((uv_handle_t *)&d->udp, NULL);
     uv_close((uv_handle_t *)&d->tcp, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
+    if (uv_udp_init(loop, &d->udp) == 0) { /* is the address usable at all? */
+      int rc = uv_udp_bind(&d->udp, (const struct sockaddr *)&sa, 0);
+      uv_close((uv_handle_t *)&d->udp, NULL);
+      uv_run(loop, UV_RUN_NOWAIT);
+      if (rc != 0) return false;
+    }
   }
   return false;
 }
@@ -879,14 +888,21 @@ typedef struct dns_env {
   char ns[32];
 } dns_env_t;
 
-static bool dns_env_init(dns_env_t *e, const rr_t *table, size_t n) {
+static bool dns_env_init_at(dns_env_t *e, const rr_t *table, size_t n, const char *ip) {
   uv_loop_init(&e->loop);
   memset(&e->fake, 0, sizeof e->fake);
   e->fake.table = table;
   e->fake.n = n;
-  if (!fake_dns_start(&e->loop, &e->fake)) return false;
-  snprintf(e->ns, sizeof e->ns, "[127.0.0.1:%d]", e->fake.port);
+  if (!fake_dns_start(&e->loop, &e->fake, ip)) {
+    finish_loop(&e->loop);
+    return false;
+  }
+  snprintf(e->ns, sizeof e->ns, strchr(ip, ':') ? "[[%s]:%d]" : "[%s:%d]", ip, e->fake.port);
   return true;
+}
+
+static bool dns_env_init(dns_env_t *e, const rr_t *table, size_t n) {
+  return dns_env_init_at(e, table, n, "127.0.0.1");
 }
 
 static void dns_env_finish(dns_env_t *e) {
@@ -957,6 +973,23 @@ MG_TEST(dns_every_record_type) {
     mg_buf_cleanup(&r.last);
   }
   CHECK_INT(e.fake.tcp_queries, 1);
+  dns_env_finish(&e);
+}
+
+MG_TEST(dns_ipv6_nameserver) {
+  dns_env_t e;
+  if (!dns_env_init_at(&e, zone, sizeof zone / sizeof zone[0], "::1")) {
+    printf("skip dns_ipv6_nameserver: no IPv6 loopback\n");
+    return;
+  }
+  rec_t r;
+  rec_init(&r);
+  dns_round(&e, "[hosts.example.test]", "A", "9", &r);
+  CHECK_INT(r.oks, 1);
+  CHECK_STR(r.last.data,
+            "10.1.0.1:9 __meta_dns_name=hosts.example.test\n10.1.0.2:9 __meta_dns_name=hosts.example.test\n");
+  CHECK(e.fake.queries >= 1);
+  mg_buf_cleanup(&r.last);
   dns_env_finish(&e);
 }
 
