@@ -4,6 +4,9 @@
  * table. Each network test runs its own loop and ends with uv_loop_close
  * returning 0. */
 #include <arpa/inet.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -589,6 +592,94 @@ MG_TEST(http_start_refuses_bad_options_and_unreadable_files) {
   finish_loop(&loop);
   CHECK_INT(r.calls, 0);
   mg_buf_cleanup(&r.last);
+}
+
+/* One self-signed certificate for "sd.test" that is its own CA: the
+ * server's certificate, the client's, and the trust anchor of both. */
+static int make_pki(char *dir, char *cert, char *key, size_t n) {
+  snprintf(dir, n, "/tmp/mg_sd_tls_XXXXXX");
+  if (!mkdtemp(dir)) return -1;
+  snprintf(cert, n, "%s/cert.pem", dir);
+  snprintf(key, n, "%s/key.pem", dir);
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  int ok = k && x;
+  if (ok) {
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, k);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"sd.test", -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    const int nids[] = {NID_basic_constraints, NID_subject_alt_name};
+    const char *vals[] = {"critical,CA:TRUE", "DNS:sd.test"};
+    for (int i = 0; i < 2 && ok; i++) {
+      X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nids[i], vals[i]);
+      ok = e && X509_add_ext(x, e, -1);
+      X509_EXTENSION_free(e);
+    }
+    ok = ok && X509_sign(x, k, EVP_sha256());
+  }
+  FILE *fc = ok ? fopen(cert, "w") : NULL, *fk = ok ? fopen(key, "w") : NULL;
+  ok = fc && fk && PEM_write_X509(fc, x) && PEM_write_PrivateKey(fk, k, NULL, NULL, 0, NULL, NULL);
+  if (fc) fclose(fc);
+  if (fk) fclose(fk);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  return ok ? 0 : -1;
+}
+
+MG_TEST(http_tls_options) {
+  static const answer_t script[] = {{200, "application/json", "[{\"targets\": [\"a:1\"]}]"}};
+  fake_http_t f = {.script = script, .n = 1};
+  char dir[64], cert[96], key[96];
+  REQUIRE(make_pki(dir, cert, key, sizeof cert) == 0);
+  http_env_t e;
+  REQUIRE(http_env_init(&e, &f));
+  REQUIRE(mg_http_server_tls(e.srv, cert, key, cert) == 0); /* clients must show a certificate */
+  char url[128];
+  snprintf(url, sizeof url, "https://127.0.0.1:%d/sd", mg_http_server_port(e.srv));
+  static const struct {
+    const char *ca, *server_name, *insecure;
+    bool client_cert, ok;
+  } cases[] = {
+      {"ca", "sd.test", NULL, true, true},  /* verified against ca_file, name from server_name */
+      {NULL, "sd.test", NULL, true, false}, /* not in the system store */
+      {"ca", NULL, NULL, true, false},      /* the certificate is not for 127.0.0.1 */
+      {NULL, NULL, "true", true, true},     /* insecure_skip_verify */
+      {"ca", "sd.test", NULL, false, false}, /* no client certificate */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    mg_conf_sd_t sd = sd_opts("http", "url", url, NULL);
+    mg_conf_val_t *tls = mg_conf_val_new(MG_CONF_VAL_MAP, NULL, 1);
+    if (cases[i].ca) mg_conf_val_put(tls, "ca_file", mg_conf_val_new(MG_CONF_VAL_SCALAR, cert, 1));
+    if (cases[i].server_name)
+      mg_conf_val_put(tls, "server_name", mg_conf_val_new(MG_CONF_VAL_SCALAR, cases[i].server_name, 1));
+    if (cases[i].insecure)
+      mg_conf_val_put(tls, "insecure_skip_verify", mg_conf_val_new(MG_CONF_VAL_SCALAR, cases[i].insecure, 1));
+    if (cases[i].client_cert) {
+      mg_conf_val_put(tls, "cert_file", mg_conf_val_new(MG_CONF_VAL_SCALAR, cert, 1));
+      mg_conf_val_put(tls, "key_file", mg_conf_val_new(MG_CONF_VAL_SCALAR, key, 1));
+    }
+    mg_conf_val_put(sd.opts, "tls_config", tls);
+    rec_t r;
+    rec_init(&r);
+    void *st = start(&mg_sd_http_ops, &e.loop, e.cli, &sd, &r);
+    if (!st) continue;
+    run_until(&e.loop, &r.calls, 1, 5000);
+    if (r.oks != (cases[i].ok ? 1 : 0) || r.calls != 1) MG_FAIL_("case %zu: calls=%d oks=%d", i, r.calls, r.oks);
+    mg_sd_http_ops.stop(st);
+    mg_buf_cleanup(&r.last);
+  }
+  http_env_finish(&e);
+  unlink(cert);
+  unlink(key);
+  rmdir(dir);
 }
 
 /* ------------------------------------------------------------ fake DNS */
