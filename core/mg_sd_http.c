@@ -421,7 +421,6 @@ int mg_sd_http_decode(const char *body, size_t len, const char *url, mg_sd_targe
 /* ---- the provider -------------------------------------------------------- */
 
 typedef struct http_sd {
-  uv_loop_t *loop;
   mg_http_client_t *http;
   http_opts_t o;
   char *authz; /* Authorization value: secret */
@@ -524,6 +523,8 @@ static void on_done(void *ud, int err, const char *detail, mg_http_response_t *r
     if (err) failed(s, "%s: %s", mg_err_name(err), detail && *detail ? detail : mg_err_str(err));
     else on_answer(s, resp);
   }
+  /* A large answer's buffer is not kept for the next hour. */
+  if (s->body.cap > (1u << 20)) mg_buf_cleanup(&s->body);
   mg_buf_reset(&s->body);
   unref(s);
 }
@@ -580,7 +581,6 @@ static int http_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_upda
     sd_free(s);
     return rc;
   }
-  s->loop = env->loop;
   s->http = env->http;
   s->update = update;
   s->ud = ud;
