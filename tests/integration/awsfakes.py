@@ -154,7 +154,8 @@ class World:
         self.ec2_zones = {f"{region}{s}": f"{_zone_prefix(region)}-az{i + 1}" for i, s in enumerate("abc")}
         self.ec2_page_size = None      # at most this many instances per page, whatever MaxResults says
         self.ec2_allowed = None        # principals / role arns allowed to describe, None: any valid key
-        self.ec2_requests = []         # (action, form dict) of every SigV4-valid request
+        self.ec2_requests = []         # (action, form dict, akid) of every SigV4-valid request
+        self.ec2_seq = 0               # instances ever added (ids stay unique after removals)
         self.ec2_rejections = []       # (code, akid) of refused requests
 
     def now(self):
@@ -212,7 +213,9 @@ class World:
         type, az, private_ip, private_dns, public_ip, public_dns, platform, vpc,
         subnet, arch, lifecycle, owner, reservation, tags {key: value},
         enis [{subnet, device_index, ipv6: [(address, primary)]}]."""
-        n = len(self.ec2_instances) + 1
+        with self.lock:
+            self.ec2_seq += 1
+            n = self.ec2_seq
         inst = {"id": f"i-{n:017x}", "image": "ami-0123456789abcdef0", "state": "running", "type": "t3.micro",
                 "az": self.region + "a", "private_ip": f"10.0.{n // 250}.{n % 250 + 1}", "private_dns": None,
                 "public_ip": None, "public_dns": None, "platform": None, "vpc": "vpc-0a1b2c3d", "subnet":
@@ -814,7 +817,7 @@ class FakeEC2(_Server):
         if p.get("Version") != "2016-11-15":
             return ec2_error(400, "InvalidAction", f"The action {action} is not valid for this web service.")
         with w.lock:
-            w.ec2_requests.append((action, p))
+            w.ec2_requests.append((action, p, key.akid))
         if w.ec2_allowed is not None and key.principal not in w.ec2_allowed and (key.role or "") not in w.ec2_allowed:
             return self._refuse(403, "UnauthorizedOperation", "You are not authorized to perform this operation. "
                                 "Encoded authorization failure message: " + _alnum(40), key.akid)
