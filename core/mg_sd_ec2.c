@@ -33,6 +33,10 @@
 #define MAX_FILTER_VALUES 200
 #define MAX_DEVICE_INDEX 64 /* network cards * interfaces of the largest instances */
 #define MAX_ZONES 1000
+/* Per instance: AWS allows far fewer interfaces and addresses; these only
+ * bound what a broken answer can make us hold (and strv_has's cost). */
+#define MAX_SUBNETS 256
+#define MAX_IPV6 1024
 #define REQUEST_TIMEOUT_MS 30000
 #define IMDS_TIMEOUT_MS 1000
 #define API_VERSION "2016-11-15"
@@ -109,7 +113,14 @@ static bool region_ok(const char *r) {
   return true;
 }
 
-static bool http_url(const char *u) { return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0; }
+/* An http(s) URL with a host and no userinfo (EC2 takes SigV4 only; a
+ * password there would also end up in logs). */
+static bool endpoint_ok(const char *u) {
+  if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) return false;
+  const char *a = strstr(u, "://") + 3;
+  size_t n = strcspn(a, "/?#");
+  return n > 0 && !memchr(a, '@', n);
+}
 
 static int parse_filter(const mg_conf_val_t *f, filter_t *out, char *why, size_t wn) {
   if (f->type != MG_CONF_VAL_MAP) return bad(why, wn, "%s", "each filter must be a mapping {name, values}");
@@ -215,8 +226,8 @@ static int opts_parse(const mg_conf_val_t *m, opts_t *o, char *why, size_t wn) {
   if (!rc) rc = parse_tls(m, o, why, wn);
   if (rc) return rc;
   if (o->region && !region_ok(o->region)) return bad(why, wn, "region \"%.64s\" is not a region name", o->region);
-  if (o->endpoint && !http_url(o->endpoint))
-    return bad(why, wn, "endpoint \"%.200s\" must be an http:// or https:// URL", o->endpoint);
+  if (o->endpoint && !endpoint_ok(o->endpoint))
+    return bad(why, wn, "%s", "endpoint must be an http:// or https:// URL with a host and without user:password@");
   if (!o->access_key != !o->secret_key)
     return bad(why, wn, "%s", "access_key and secret_key go together (or leave both out for the default chain)");
   if (o->role_arn && strncmp(o->role_arn, "arn:", 4) != 0)
@@ -262,7 +273,8 @@ typedef struct ec2 {
   uv_loop_t *loop;
   mg_http_client_t *http;
   opts_t o;
-  char *name;   /* "ec2_sd/<job>": logs and the credentials' metrics */
+  char *name;      /* "ec2_sd/<job>": the credentials' name in logs and metrics */
+  char *job;    /* the job's name, for our own logs */
   char *region; /* resolved: options, environment or IMDS */
   char *env_endpoint, *imds_base;
   char *url, *host, *path, *query; /* the endpoint, split as it goes on the wire */
@@ -296,6 +308,7 @@ static void ec2_unref(ec2_t *e) {
   if (--e->refs) return;
   opts_free(&e->o);
   mg_free(e->name);
+  mg_free(e->job);
   mg_free(e->region);
   mg_free(e->env_endpoint);
   mg_free(e->imds_base);
@@ -323,9 +336,9 @@ static void finish(ec2_t *e, bool ok) {
   e->next_token = NULL;
   if (ok) {
     if (e->last_error[0])
-      MG_INFO(MOD, "refresh_recovered", "job=%s region=%s targets=%zu", e->name, e->region, e->acc.n);
+      MG_INFO(MOD, "refresh_recovered", "job=%s region=%s targets=%zu", e->job, e->region, e->acc.n);
     e->last_error[0] = '\0';
-    MG_DEBUG(MOD, "refreshed", "job=%s region=%s targets=%zu pages=%u", e->name, e->region, e->acc.n, e->pages);
+    MG_DEBUG(MOD, "refreshed", "job=%s region=%s targets=%zu pages=%u", e->job, e->region, e->acc.n, e->pages);
   }
   e->refs++; /* the update callback may stop us */
   if (!e->stopped) e->update(e->ud, ok, ok ? &e->acc : NULL);
@@ -348,7 +361,7 @@ static void fail(ec2_t *e, const char *key, mg_log_level_t level, const char *ev
       va_start(ap, fmt);
       vsnprintf(line, sizeof line, fmt, ap);
       va_end(ap);
-      mg_log_write(level, MOD, event, "job=%s region=%s %s", e->name, e->region ? e->region : "unknown", line);
+      mg_log_write(level, MOD, event, "job=%s region=%s %s", e->job, e->region ? e->region : "unknown", line);
     }
   }
   finish(e, false);
@@ -363,7 +376,6 @@ static int split_endpoint(ec2_t *e, const char *url) {
   size_t alen = strcspn(p, "/?#");
   const char *rest = p + alen;
   size_t plen = strcspn(rest, "?#");
-  if (!alen) return MG_EINVAL;
   e->host = mg_strndup(p, alen);
   e->path = plen ? mg_strndup(rest, plen) : mg_strdup("/");
   e->query = rest[plen] == '?' ? mg_strndup(rest + plen + 1, strcspn(rest + plen + 1, "#")) : mg_strdup("");
@@ -391,10 +403,7 @@ static int setup_region(ec2_t *e, char *why, size_t wn) {
   mg_free(e->query);
   e->url = e->host = e->path = e->query = NULL;
   int rc = split_endpoint(e, url);
-  if (rc) {
-    snprintf(why, wn, "endpoint \"%.200s\" has no host", url);
-    return rc == MG_ENOMEM ? rc : MG_ECONFIG;
-  }
+  if (rc) return rc;
   mg_conf_creds_t base = {.kind = MG_CREDS_CHAIN}, top;
   if (e->o.access_key)
     base = (mg_conf_creds_t){
@@ -410,9 +419,33 @@ static int setup_region(ec2_t *e, char *why, size_t wn) {
   return e->creds ? 0 : rc;
 }
 
+/* What the environment says (region, endpoint, IMDS), read once at start
+ * as the SDKs read it. */
+static int read_env(ec2_t *e, const char *job, unsigned nth, char *why, size_t wn) {
+  char name[300];
+  snprintf(name, sizeof name, nth > 1 ? "ec2_sd/%s#%u" : "ec2_sd/%s", job, nth);
+  const char *r = e->o.region ? e->o.region : env_region();
+  const char *ep = env_nonempty("AWS_ENDPOINT_URL_EC2");
+  if (!ep) ep = env_nonempty("AWS_ENDPOINT_URL");
+  const char *imds = env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT");
+  const char *mode = env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
+  if (!imds) imds = mode && strcasecmp(mode, "IPv6") == 0 ? "http://[fd00:ec2::254]" : "http://169.254.169.254";
+  if (!(e->name = mg_strdup(name)) || !(e->imds_base = mg_strndup(imds, strcspn(imds, "?#"))) ||
+      (r && !(e->region = mg_strdup(r))) || (ep && !(e->env_endpoint = mg_strdup(ep))))
+    return MG_ENOMEM;
+  if (!(e->job = mg_strdup(job))) return MG_ENOMEM;
+  if (ep && !endpoint_ok(ep))
+    return bad(why, wn, "%s", "AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL must be an http(s) URL with a host");
+  if (e->region && !region_ok(e->region)) return bad(why, wn, "region \"%.64s\" is not a region name", e->region);
+  if (!e->region && imds_disabled())
+    return bad(why, wn, "%s", "no region: set region (or AWS_REGION); AWS_EC2_METADATA_DISABLED is true");
+  return 0;
+}
+
 static int ec2_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_update_fn update, void *ud,
                      void **state) {
   char why[400] = "";
+  const char *job = env->job && env->job->name ? env->job->name : "";
   ec2_t *e = mg_calloc(1, sizeof *e);
   if (!e) return MG_ENOMEM;
   e->loop = env->loop;
@@ -422,27 +455,20 @@ static int ec2_start(const mg_sd_env_t *env, const mg_conf_sd_t *sd, mg_sd_updat
   e->refs = 1;
   mg_sigv4_key_cache_init(&e->keys);
   mg_buf_init(&e->form, 1u << 20);
+  /* The job's first ec2 source is "ec2_sd/<job>", a second "ec2_sd/<job>#2"... */
+  unsigned nth = 0;
+  for (size_t i = 0; env->job && i < env->job->nsds; i++) {
+    nth += strcmp(env->job->sds[i]->kind, "ec2") == 0;
+    if (env->job->sds[i] == sd) break;
+  }
   int rc = opts_parse(sd->opts, &e->o, why, sizeof why);
-  char name[300];
-  snprintf(name, sizeof name, "ec2_sd/%s", env->job && env->job->name ? env->job->name : "");
-  const char *r = e->o.region ? e->o.region : env_region();
-  const char *ep = env_nonempty("AWS_ENDPOINT_URL_EC2");
-  if (!ep) ep = env_nonempty("AWS_ENDPOINT_URL");
-  const char *imds = env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT");
-  const char *mode = env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
-  if (!imds) imds = mode && strcasecmp(mode, "IPv6") == 0 ? "http://[fd00:ec2::254]" : "http://169.254.169.254";
-  if (!rc && (!(e->name = mg_strdup(name)) || !(e->imds_base = mg_strndup(imds, strcspn(imds, "?#"))) ||
-              (r && !(e->region = mg_strdup(r))) || (ep && !(e->env_endpoint = mg_strdup(ep)))))
-    rc = MG_ENOMEM;
-  if (!rc && ep && !http_url(ep)) rc = bad(why, sizeof why, "AWS_ENDPOINT_URL(_EC2) \"%.200s\" is not a URL", ep);
-  if (!rc && e->region && !region_ok(e->region))
-    rc = bad(why, sizeof why, "region \"%.64s\" is not a region name", e->region);
-  if (!rc && !e->region && imds_disabled())
-    rc = bad(why, sizeof why, "%s", "no region: set region (or AWS_REGION); AWS_EC2_METADATA_DISABLED is true");
+  if (!rc) rc = read_env(e, job, nth ? nth : 1, why, sizeof why);
   if (!rc && e->region) rc = setup_region(e, why, sizeof why);
   if (rc) {
-    MG_ERROR(MOD, "start_failed", "job=%s err=%s reason=\"%s\"", env->job && env->job->name ? env->job->name : "",
-             mg_err_name(rc), why[0] ? why : mg_err_str(rc));
+    char q[500];
+    const char *reason = why[0] ? why : mg_err_str(rc);
+    MG_ERROR(MOD, "start_failed", "job=%s err=%s reason=%s", job, mg_err_name(rc),
+             mg_log_q(q, sizeof q, reason, strlen(reason)));
     mg_creds_free(e->creds);
     ec2_unref(e);
     return rc;
@@ -610,7 +636,9 @@ static void refresh_step(ec2_t *e) {
     char why[400] = "";
     int rc = setup_region(e, why, sizeof why);
     if (rc) {
-      fail(e, "setup", MG_LOG_ERROR, "setup_failed", "err=%s reason=\"%s\"", mg_err_name(rc), why);
+      char q[500];
+      fail(e, "setup", MG_LOG_ERROR, "setup_failed", "err=%s reason=%s", mg_err_name(rc),
+           mg_log_q(q, sizeof q, why, strlen(why)));
       return;
     }
   }
@@ -708,13 +736,13 @@ static void on_aws_error(ec2_t *e, mg_creds_value_t *sw, mg_http_response_t *res
   if (auth && !e->auth_retried) {
     /* Credentials refused: one forced refresh, then the same request again. */
     e->auth_retried = true;
-    MG_DEBUG(MOD, "auth_retry", "job=%s status=%d code=%s", e->name, resp->status, ae.code);
+    MG_DEBUG(MOD, "auth_retry", "job=%s status=%d code=%s", e->job, resp->status, ae.code);
     send_aws(e);
     return;
   }
   if (e->step == STEP_ZONES) {
     /* Zone ids are a nicety: Prometheus lists instances without them. */
-    MG_DEBUG(MOD, "zones_unavailable", "job=%s status=%d code=%s", e->name, resp->status, ae.code);
+    MG_DEBUG(MOD, "zones_unavailable", "job=%s status=%d code=%s", e->job, resp->status, ae.code);
     e->zones_tried = true;
     e->step = STEP_INSTANCES;
     send_aws(e);
@@ -767,7 +795,7 @@ static void on_zones(ec2_t *e, mg_http_response_t *resp) {
   int rc = mg_sd_ec2_parse_zones(resp->body ? resp->body->data : NULL, resp->body ? resp->body->len : 0, &e->zones);
   if (rc) {
     mg_kvs_cleanup(&e->zones);
-    MG_DEBUG(MOD, "zones_unreadable", "job=%s err=%s", e->name, mg_err_name(rc));
+    MG_DEBUG(MOD, "zones_unreadable", "job=%s err=%s", e->job, mg_err_name(rc));
   }
   e->zones_loaded = rc == 0;
   e->zones_tried = true;
@@ -955,8 +983,10 @@ static int emit_instance(page_t *pg) {
 static int end_interface(inst_t *in) {
   int rc = 0;
   if (in->eni_subnet) {
-    if (!strv_has(&in->subnets, in->eni_subnet)) rc = strv_push(&in->subnets, in->eni_subnet);
-    for (size_t i = 0; i < in->eni_ipv6.n && !rc; i++) rc = strv_push(&in->ipv6, in->eni_ipv6.v[i]);
+    if (in->subnets.n < MAX_SUBNETS && !strv_has(&in->subnets, in->eni_subnet))
+      rc = strv_push(&in->subnets, in->eni_subnet);
+    for (size_t i = 0; i < in->eni_ipv6.n && in->ipv6.n < MAX_IPV6 && !rc; i++)
+      rc = strv_push(&in->ipv6, in->eni_ipv6.v[i]);
     char *end = NULL;
     unsigned long idx = in->eni_device && in->eni_device[0] ? strtoul(in->eni_device, &end, 10) : MAX_DEVICE_INDEX;
     if (!rc && in->eni_primary && end && !*end && idx < MAX_DEVICE_INDEX) {
@@ -974,7 +1004,7 @@ static int end_interface(inst_t *in) {
 
 static int end_ipv6_item(inst_t *in) {
   int rc = 0;
-  if (in->v6_addr && in->v6_addr[0]) {
+  if (in->v6_addr && in->v6_addr[0] && in->eni_ipv6.n < MAX_IPV6) {
     rc = strv_push(&in->eni_ipv6, in->v6_addr);
     if (!rc && in->v6_primary && strcmp(in->v6_primary, "true") == 0)
       rc = set_text(&in->eni_primary, mg_str(in->v6_addr));
@@ -1123,7 +1153,7 @@ static void on_imds(ec2_t *e, int err, const char *detail, mg_http_response_t *r
       fail(e, "imds:nomem", MG_LOG_ERROR, "region_unknown", "err=ENOMEM");
       return;
     }
-    MG_INFO(MOD, "region_from_imds", "job=%s region=%s", e->name, e->region);
+    MG_INFO(MOD, "region_from_imds", "job=%s region=%s", e->job, e->region);
     refresh_step(e);
     return;
   }

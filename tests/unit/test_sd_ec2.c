@@ -779,6 +779,7 @@ static void e_tls(mg_conf_val_t *o) {
   mg_conf_val_put(o, "tls_config", t);
 }
 static void e_bool(mg_conf_val_t *o) { put(o, "follow_redirects", "yes"); }
+static void e_userinfo(mg_conf_val_t *o) { put(o, "endpoint", "https://me:s3cr3t-value@ec2.example/"); }
 
 MG_TEST(ec2_check_options) {
   tl_clean_env();
@@ -789,12 +790,13 @@ MG_TEST(ec2_check_options) {
   check_refused("unsupported field \"proxy_url\"", e_unknown);
   check_refused("filter \"tag:Name\": values cannot be empty", e_filter_empty);
   check_refused("a filter needs a name", e_filter_noname);
-  check_refused("must be an http:// or https:// URL", e_endpoint);
+  check_refused("endpoint must be an http:// or https:// URL", e_endpoint);
   check_refused("is not a region name", e_region);
   check_refused("is not an ARN", e_role);
   check_refused("filters must be a list", e_filters_map);
   check_refused("cert_file and key_file go together", e_tls);
   check_refused("follow_redirects must be true or false", e_bool);
+  check_refused("without user:password@", e_userinfo);
   /* No region anywhere, IMDS disabled: refused at load time. */
   mg_conf_t *c = mg_conf_new("x.yml", MG_CONF_PROMYML);
   mg_conf_sd_t *sd = mg_conf_job_add_sd(mg_conf_add_job(c, "j"), "ec2");
