@@ -883,6 +883,7 @@ static int check_dest(check_t *k, mg_conf_dest_t *d) {
   if (!q->batch_send_deadline_ms) q->batch_send_deadline_ms = 5000;
   if (!q->min_backoff_ms) q->min_backoff_ms = 30;
   if (!q->max_backoff_ms) q->max_backoff_ms = 5000;
+  if (q->max_shards > 1024) return fail(k, "queue_config: max_shards (%" PRIu32 ") over 1024", q->max_shards);
   if (q->min_shards > q->max_shards)
     return fail(k, "queue_config: min_shards (%" PRIu32 ") greater than max_shards (%" PRIu32 ")", q->min_shards,
                 q->max_shards);

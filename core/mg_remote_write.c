@@ -41,6 +41,13 @@
 
 /* How often the durable buffer is fsynced and its figures published. */
 #define BUFFER_SYNC_MS 1000u
+/* Resharding: how often the shard count is reconsidered (10 s, as
+ * Prometheus), the busy fraction it aims at, and how far below the count
+ * the need must fall before shards are given back. */
+#define RESHARD_MS 10000u
+#define RESHARD_AIM 0.6
+#define RESHARD_HIGH 0.8
+#define RESHARD_DOWN 0.7
 
 typedef struct record {
   struct record *next;
@@ -48,7 +55,10 @@ typedef struct record {
   size_t len;
   char *data;
   uint64_t wal_id;   /* its WAL record (ack it when finished); 0: memory only */
+  uint64_t *merged;  /* further WAL records sent in the same request (coalesced) */
+  uint32_t nmerged;
   uint64_t order_id; /* memory only: WAL records below this id go first */
+  uint64_t epoch;    /* memory only: the shard layout it was sealed under */
 } record_t;
 
 typedef struct shard {
@@ -65,6 +75,7 @@ typedef struct shard {
   mg_buf_t sig_debug;            /* canonical request + string to sign (debug) */
   uint32_t attempts;
   int backing_off;
+  uint64_t sent_ms; /* uv_now() when cur went out */
 } shard_t;
 
 struct mg_dest {
@@ -73,7 +84,8 @@ struct mg_dest {
   const mg_conf_dest_t *conf;
   mg_sink_t *sink; /* MG_DEST_STDOUT / MG_DEST_FILE */
   shard_t *shards;
-  uint32_t nshards;
+  uint32_t nshards; /* active: appends go to shards[0..nshards) */
+  uint32_t nalloc;  /* allocated (max_shards): inactive ones finish what they hold */
   mg_http_header_t *headers;
   size_t nheaders;
   char *auth_value; /* secret: "Basic …" or "<type> <credentials>" */
@@ -94,6 +106,15 @@ struct mg_dest {
   uv_check_t seal_check; /* seals what this loop iteration appended */
   bool sync_running, sync_timer_init, seal_armed;
   mg_wal_stats_t wal_seen; /* counters already turned into metrics */
+  /* Resharding. A series' batches leave in order through one shard; when
+   * the count changes a series may move to another shard, so batches
+   * sealed under the previous layout go first: in the WAL by its run
+   * barrier, in memory by epoch (records of an earlier epoch still pending
+   * hold the newer ones back). */
+  uv_timer_t reshard_timer;
+  uint64_t epoch, old_pending;
+  uint64_t iv_in, iv_out, iv_reqs, iv_busy_ms, iv_failures; /* during the current interval */
+  uint64_t tick_ms, pending_at_tick;
   char last_error[300];     /* for the status page; "" after a success */
   int64_t last_success_ms;
   size_t queued_bytes;
@@ -111,7 +132,7 @@ struct mg_dest {
   unsigned long long last_full_log_ms, last_retry_log_ms, last_reject_log_ms;
   /* metrics */
   mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
-      *m_drop_sink, *m_last_success, *m_shards;
+      *m_drop_sink, *m_last_success, *m_shards, *m_shards_desired;
   mg_metric_t *m_buf_bytes, *m_buf_records, *m_buf_degraded, *m_buf_recovered, *m_buf_write_errors,
       *m_buf_sync_errors, *m_drop_buffer_full, *m_drop_too_old, *m_drop_corrupt;
 };
@@ -158,6 +179,7 @@ static char *region_from_host(const char *host) {
 }
 
 static void on_creds_ready(void *ud, int err);
+static void on_reshard_tick(uv_timer_t *t);
 
 mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_dest_t *conf, int *err) {
   mg_dest_t *d = mg_calloc(1, sizeof *d);
@@ -209,17 +231,18 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
       if (rc) goto fail;
     }
   }
-  /* Shard count is fixed for the life of the destination (min_shards);
-   * adaptive resharding must keep per-series order and arrives with the
-   * reliability work. */
+  /* Start with min_shards; resharding moves between min and max. */
   d->nshards = d->sink ? 1 : (conf->queue.min_shards ? conf->queue.min_shards : 1);
-  d->shards = mg_calloc(d->nshards, sizeof *d->shards);
+  d->nalloc = d->sink ? 1 : (conf->queue.max_shards > d->nshards ? conf->queue.max_shards : d->nshards);
+  if (d->nalloc > MG_WAL_MAX_SHARDS) d->nalloc = MG_WAL_MAX_SHARDS;
+  if (d->nshards > d->nalloc) d->nshards = d->nalloc;
+  d->shards = mg_calloc(d->nalloc, sizeof *d->shards);
   if (!d->shards) {
     rc = MG_ENOMEM;
     goto fail;
   }
   size_t batch_limit = 64u << 20;
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     shard_t *s = &d->shards[i];
     s->d = d;
     s->idx = i;
@@ -232,6 +255,11 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
   uv_timer_init(loop, &d->drain_timer);
   d->drain_timer.data = d;
   d->refs++;
+  uv_timer_init(loop, &d->reshard_timer);
+  d->reshard_timer.data = d;
+  d->refs++;
+  d->tick_ms = uv_now(loop);
+  if (!d->sink && d->nalloc > 1) uv_timer_start(&d->reshard_timer, on_reshard_tick, RESHARD_MS, RESHARD_MS);
   const char *n = conf->name;
   d->m_sent = metric_or_dummy(mg_metrics_counter("moongate_remote_write_samples_sent_total",
                                                  "Samples delivered (2xx from the receiver, or written by a local sink).",
@@ -253,7 +281,11 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
                                                  "Shards sending in parallel (one request in flight each).",
                                                  "destination", n, NULL));
   mg_metric_set(d->m_shards, d->nshards);
-  for (uint32_t i = 0; i < d->nshards; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
+  d->m_shards_desired = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_shards_desired",
+                                                         "Shards the last reshard computation asked for.",
+                                                         "destination", n, NULL));
+  mg_metric_set(d->m_shards_desired, d->nshards);
+  for (uint32_t i = 0; i < d->nalloc; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
   return d;
 fail:
   mg_creds_free(d->creds);
@@ -281,8 +313,18 @@ static void set_pending(mg_dest_t *d, int64_t delta) {
 
 static void free_record(record_t *r) {
   if (!r) return;
+  mg_free(r->merged);
   mg_free(r->data);
   mg_free(r);
+}
+
+static void kick_all(mg_dest_t *d);
+
+/* A memory record sealed before the last reshard is finished or dropped:
+ * when it was the last one, the newer ones may go. */
+static void release_record(mg_dest_t *d, record_t *r) {
+  if (!r->wal_id && r->epoch != d->epoch && d->old_pending && --d->old_pending == 0 && !d->closing) kick_all(d);
+  free_record(r);
 }
 
 /* Drop the oldest batches of s's memory FIFO (never the one being sent)
@@ -300,7 +342,7 @@ static int make_room(shard_t *s, size_t need) {
     if (mg_log_ratelimit(&d->last_full_log_ms, (unsigned long long)uv_now(d->loop), 10000))
       MG_WARN("remote_write", "queue_full", "destination=%s dropped_samples=%u hint=\"receiver too slow or down\"",
               d->conf->name, victim->nsamples);
-    free_record(victim);
+    release_record(d, victim);
   }
   return 0;
 }
@@ -354,10 +396,15 @@ static void start_sync(mg_dest_t *d) {
   d->refs++;
 }
 
-static void on_sync_tick(uv_timer_t *t) { start_sync(t->data); }
+/* Every second: sync, and wake every shard (a safety net: shards idle
+ * because nothing was appended to them still get the WAL's records). */
+static void on_sync_tick(uv_timer_t *t) {
+  start_sync(t->data);
+  kick_all(t->data);
+}
 
 static void kick_all(mg_dest_t *d) {
-  for (uint32_t i = 0; i < d->nshards; i++) kick(&d->shards[i]);
+  for (uint32_t i = 0; i < d->nalloc; i++) kick(&d->shards[i]);
 }
 
 static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples);
@@ -431,7 +478,7 @@ static int try_open_buffer(mg_dest_t *d) {
           (unsigned long long)st->recovered_samples, (unsigned long long)st->corrupt_samples);
   /* Batches that waited in memory for the buffer (a reload's predecessor
    * held it) go in after its backlog, in order. */
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     shard_t *s = &d->shards[i];
     record_t *r = s->head;
     s->head = s->tail = NULL;
@@ -456,7 +503,7 @@ static void on_seal_check(uv_check_t *h) {
   mg_dest_t *d = h->data;
   uv_check_stop(h);
   d->seal_armed = false;
-  for (uint32_t i = 0; i < d->nshards; i++)
+  for (uint32_t i = 0; i < d->nalloc; i++)
     if (d->shards[i].open.len) seal(&d->shards[i]);
 }
 
@@ -529,6 +576,7 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   r->data = data;
   r->wal_id = 0;
   r->order_id = order_id;
+  r->epoch = d->epoch;
   if (s->tail) s->tail->next = r;
   else s->head = r;
   s->tail = r;
@@ -586,6 +634,7 @@ int mg_dest_append(mg_dest_t *d, uint64_t series_hash, const void *entry, size_t
     return rc;
   }
   s->open_samples += nsamples;
+  d->iv_in += nsamples;
   set_pending(d, nsamples);
   if (d->wal && !d->seal_armed) {
     uv_check_start(&d->seal_check, on_seal_check);
@@ -614,7 +663,7 @@ int mg_dest_send_metadata(mg_dest_t *d, const void *body, size_t len) {
 }
 
 void mg_dest_flush(mg_dest_t *d) {
-  for (uint32_t i = 0; i < d->nshards; i++) seal(&d->shards[i]);
+  for (uint32_t i = 0; i < d->nalloc; i++) seal(&d->shards[i]);
 }
 
 uint64_t mg_dest_pending_samples(const mg_dest_t *d) { return d->pending_samples; }
@@ -684,9 +733,60 @@ static void schedule_retry(shard_t *s, uint64_t retry_after_ms) {
 static void finish_cur(shard_t *s) {
   record_t *r = s->cur;
   s->cur = NULL;
-  if (r->wal_id) (void)mg_wal_ack(s->d->wal, r->wal_id); /* MG_ENOTFOUND: a cap dropped it meanwhile */
+  /* MG_ENOTFOUND: a cap dropped it meanwhile. */
+  if (r->wal_id) (void)mg_wal_ack(s->d->wal, r->wal_id);
+  for (uint32_t i = 0; i < r->nmerged; i++) (void)mg_wal_ack(s->d->wal, r->merged[i]);
   s->d->queued_bytes -= r->len;
-  free_record(r);
+  release_record(s->d, r);
+}
+
+/* Most WAL records one request carries. */
+#define MAX_MERGE 64
+
+/* Batches wait in the WAL as they were sealed: every loop iteration's
+ * appends (for kill -9 safety), so they are small when scrapes are small
+ * or shards many. When a shard has several waiting, send them as one
+ * request of up to about max_samples_per_send samples: concatenated
+ * WriteRequest bodies are one WriteRequest (repeated fields append), so
+ * this costs an uncompress of each and one compress. Fewer, larger
+ * requests drain a backlog faster and let resharding see the real need. */
+static void coalesce(shard_t *s, record_t *r, uint64_t before_id) {
+  mg_dest_t *d = s->d;
+  uint32_t max = d->conf->queue.max_samples_per_send;
+  if (r->nsamples >= max) return;
+  mg_buf_t raw, one;
+  mg_buf_init(&raw, 0);
+  mg_buf_init(&one, 0);
+  bool ok = mg_wire_snappy_uncompress(r->data, r->len, &raw) == 0;
+  while (ok && r->nsamples < max && r->nmerged < MAX_MERGE) {
+    mg_wal_record_t rec;
+    if (!r->merged && !(r->merged = mg_calloc(MAX_MERGE, sizeof *r->merged))) break;
+    if (mg_wal_next(d->wal, s->idx, before_id, &rec) != 0) break;
+    mg_buf_reset(&one);
+    if (mg_wire_snappy_uncompress(rec.data, rec.len, &one) != 0 || mg_buf_append(&raw, one.data, one.len) != 0) {
+      /* Handed out and cannot be given back. Passed its CRC yet does not
+       * decode (or no memory): finished as damaged, counted. */
+      MG_ERROR("remote_write", "record_undecodable", "destination=%s id=%llu samples=%u", d->conf->name,
+               (unsigned long long)rec.id, rec.nsamples);
+      mg_metric_add(d->m_drop_corrupt, rec.nsamples);
+      set_pending(d, -(int64_t)rec.nsamples);
+      (void)mg_wal_ack(d->wal, rec.id);
+      mg_free(rec.data);
+      break;
+    }
+    r->merged[r->nmerged++] = rec.id;
+    r->nsamples += rec.nsamples;
+    mg_free(rec.data);
+  }
+  mg_buf_cleanup(&one);
+  mg_buf_t c;
+  mg_buf_init(&c, 0);
+  if (ok && r->nmerged && mg_wire_snappy_compress(raw.data, raw.len, &c) == 0) {
+    mg_free(r->data);
+    r->data = mg_buf_steal(&c, &r->len);
+  }
+  mg_buf_cleanup(&c);
+  mg_buf_cleanup(&raw);
 }
 
 /* The shard's next batch in order: WAL records older than the memory
@@ -695,20 +795,21 @@ static void finish_cur(shard_t *s) {
 static record_t *take_next(shard_t *s) {
   mg_dest_t *d = s->d;
   record_t *h = s->head;
-  if (d->wal && !(h && !h->order_id)) {
+  if (d->wal && s->idx < d->nshards && !(h && !h->order_id)) {
     record_t *r = mg_malloc(sizeof *r);
     if (!r) return NULL;
     mg_wal_record_t rec;
     int rc = mg_wal_next(d->wal, s->idx, h ? h->order_id : 0, &rec);
     if (rc == 0) {
       *r = (record_t){.nsamples = rec.nsamples, .len = rec.len, .data = rec.data, .wal_id = rec.id};
+      coalesce(s, r, h ? h->order_id : 0);
       d->queued_bytes += r->len;
       return r;
     }
     mg_free(r);
     if (rc != MG_EAGAIN) return NULL;
   }
-  if (!h) return NULL;
+  if (!h || (h->epoch == d->epoch && d->old_pending)) return NULL;
   s->head = h->next;
   if (!s->head) s->tail = NULL;
   h->next = NULL;
@@ -720,6 +821,8 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
   mg_dest_t *d = s->d;
   s->req = NULL;
   record_t *r = s->cur;
+  uint64_t now_ms = uv_now(d->loop);
+  d->iv_busy_ms += now_ms - (s->sent_ms > d->tick_ms ? s->sent_ms : d->tick_ms);
   mg_creds_value_t *signed_with = s->signed_with;
   s->signed_with = NULL;
   if (err == MG_ECANCELED || d->closing) {
@@ -743,10 +846,13 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
     mg_metric_set(d->m_last_success, (double)d->last_success_ms / 1000.0);
     d->last_error[0] = '\0';
     set_pending(d, -(int64_t)r->nsamples);
+    d->iv_out += r->nsamples;
+    d->iv_reqs++;
     s->attempts = 0;
     finish_cur(s);
   } else if (err || resp->status >= 500 || (resp->status == 429 && d->conf->queue.retry_on_http_429)) {
     uint64_t ra = err ? 0 : parse_retry_after(mg_http_response_header(resp, "retry-after"));
+    d->iv_failures++;
     if (err) snprintf(d->last_error, sizeof d->last_error, "%s: %s", mg_err_name(err), detail ? detail : "");
     else snprintf(d->last_error, sizeof d->last_error, "HTTP %d (retrying)", resp->status);
     if (mg_log_ratelimit(&d->last_retry_log_ms, now, 10000)) {
@@ -811,7 +917,9 @@ static void on_response(void *ud, int err, const char *detail, mg_http_response_
   }
   mg_creds_value_unref(signed_with);
   dest_unref(d);
-  kick(s);
+  /* An ack may lift the WAL's reshard barrier for every shard. */
+  if (d->wal && !s->cur) kick_all(d);
+  else kick(s);
   check_drained(d);
 }
 
@@ -835,6 +943,7 @@ static void kick_send(shard_t *s, record_t *r, const mg_http_header_t *hdrs, siz
       .insecure_skip_verify = d->conf->tls.insecure_skip_verify,
   };
   req.tls = &tls;
+  s->sent_ms = uv_now(d->loop);
   d->refs++;
   int rc = mg_http_client_request(d->http, &req, on_response, s, &s->req);
   if (rc) {
@@ -851,7 +960,7 @@ static void on_creds_ready(void *ud, int err) {
   mg_dest_t *d = ud;
   d->creds_waiting = false;
   (void)err; /* a failed refresh is logged by mg_creds; kick waits again */
-  for (uint32_t i = 0; i < d->nshards; i++) kick(&d->shards[i]);
+  for (uint32_t i = 0; i < d->nalloc; i++) kick(&d->shards[i]);
 }
 
 /* Sign a request for AMP. Returns 0 with *out and s->signed_with set, or
@@ -919,6 +1028,79 @@ static void kick(shard_t *s) {
   }
   kick_send(s, r, hdrs, nh);
 }
+/* ---- resharding ---- */
+
+static bool memory_records(const mg_dest_t *d) {
+  for (uint32_t i = 0; i < d->nalloc; i++)
+    if (d->shards[i].head || (d->shards[i].cur && !d->shards[i].cur->wal_id)) return true;
+  return false;
+}
+
+/* Batches of every shard are sealed under the current layout; from now on
+ * appends use n shards. Shards past n finish what they hold and go idle. */
+static void reshard(mg_dest_t *d, uint32_t n, double busy) {
+  uint32_t from = d->nshards;
+  mg_dest_flush(d);
+  if (d->wal && mg_wal_set_nshards(d->wal, n) != 0) return;
+  uint64_t old = 0;
+  for (uint32_t i = 0; i < d->nalloc; i++) {
+    const shard_t *s = &d->shards[i];
+    if (s->cur && !s->cur->wal_id) old++;
+    for (const record_t *r = s->head; r; r = r->next) old++;
+  }
+  d->epoch++;
+  d->old_pending = old;
+  d->nshards = n;
+  mg_metric_set(d->m_shards, n);
+  MG_INFO("remote_write", "reshard", "destination=%s from=%u to=%u busy=%.2f pending_samples=%llu", d->conf->name,
+          from, n, busy, (unsigned long long)d->pending_samples);
+  kick_all(d);
+}
+
+/* Every RESHARD_MS. Up: while data waits (the backlog grew past what
+ * arrived in the interval) or the shards are busy more than RESHARD_HIGH
+ * of the time with full requests, to keep them RESHARD_AIM busy, at least
+ * doubling under a backlog. Down: to the shards the interval's traffic
+ * needs when requests are full (samples per second / max_samples_per_send
+ * x request latency, at RESHARD_AIM), once that is under RESHARD_DOWN of
+ * the count. Busy time alone would mislead downwards: many shards make
+ * small requests that keep them busy. While the receiver fails no shard is
+ * added: more requests would not help it recover. */
+static void on_reshard_tick(uv_timer_t *t) {
+  mg_dest_t *d = t->data;
+  const mg_conf_queue_t *q = &d->conf->queue;
+  uint64_t now = uv_now(d->loop), span = now > d->tick_ms ? now - d->tick_ms : 1;
+  /* Busy time of the requests still in flight counts up to now. */
+  for (uint32_t i = 0; i < d->nalloc; i++) {
+    shard_t *s = &d->shards[i];
+    if (s->req) d->iv_busy_ms += now - (s->sent_ms > d->tick_ms ? s->sent_ms : d->tick_ms);
+  }
+  double busy = (double)d->iv_busy_ms / ((double)span * d->nshards);
+  double spr = d->iv_reqs ? (double)d->iv_out / (double)d->iv_reqs : 0;
+  double latency_s = d->iv_reqs ? (double)d->iv_busy_ms / 1000.0 / (double)d->iv_reqs : 0;
+  double rate = (double)(d->iv_in > d->iv_out ? d->iv_in : d->iv_out) * 1000.0 / (double)span;
+  double need = rate / (q->max_samples_per_send ? q->max_samples_per_send : 1) * latency_s / RESHARD_AIM;
+  bool backlog = d->pending_samples > d->pending_at_tick && d->pending_samples > d->iv_in;
+  uint64_t failures = d->iv_failures, reqs = d->iv_reqs;
+  d->iv_in = d->iv_out = d->iv_reqs = d->iv_busy_ms = d->iv_failures = 0;
+  d->tick_ms = now;
+  d->pending_at_tick = d->pending_samples;
+  if (d->draining) return;
+  double want = d->nshards;
+  if (backlog) want = fmax(2.0 * d->nshards, ceil(d->nshards * busy / RESHARD_AIM));
+  else if (busy > RESHARD_HIGH && spr >= q->max_samples_per_send / 2.0) want = ceil(d->nshards * busy / RESHARD_AIM);
+  else if (reqs == 0 || need < RESHARD_DOWN * d->nshards) want = ceil(need);
+  uint32_t lo = q->min_shards ? q->min_shards : 1;
+  uint32_t n = want > d->nalloc ? d->nalloc : want < lo ? lo : (uint32_t)want;
+  mg_metric_set(d->m_shards_desired, n);
+  if (n == d->nshards || (failures && n > d->nshards)) return;
+  /* One change at a time; in memory-backed destinations the previous
+   * layout must be gone, with a WAL its barrier orders disk records but
+   * batches waiting in memory (a full disk) keep the layout. */
+  if (d->old_pending || (d->wal && memory_records(d))) return;
+  reshard(d, n, busy);
+}
+
 static void finish_drain(mg_dest_t *d) {
   if (!d->draining) return;
   d->draining = 0;
@@ -933,7 +1115,7 @@ static void finish_drain(mg_dest_t *d) {
 
 static void check_drained(mg_dest_t *d) {
   if (!d->draining) return;
-  for (uint32_t i = 0; i < d->nshards; i++)
+  for (uint32_t i = 0; i < d->nalloc; i++)
     if (d->shards[i].head || d->shards[i].cur || d->shards[i].open.len) return;
   if (d->sink && mg_sink_pending(d->sink)) return;
   if (d->wal) {
@@ -947,7 +1129,7 @@ static void check_drained(mg_dest_t *d) {
 /* Samples only in memory: what a shutdown loses. */
 static uint64_t memory_only_samples(const mg_dest_t *d) {
   uint64_t n = 0;
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     const shard_t *s = &d->shards[i];
     n += s->open_samples;
     if (s->cur && !s->cur->wal_id) n += s->cur->nsamples;
@@ -989,7 +1171,7 @@ void mg_dest_drain(mg_dest_t *d, uint64_t deadline_ms, void (*done)(void *ud), v
   d->drain_deadline = uv_now(d->loop) + deadline_ms;
   mg_dest_flush(d);
   /* Stop waiting out backoffs: try now, the deadline bounds the rest. */
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     shard_t *s = &d->shards[i];
     if (s->backing_off) {
       uv_timer_stop(&s->retry_timer);
@@ -1003,7 +1185,7 @@ void mg_dest_drain(mg_dest_t *d, uint64_t deadline_ms, void (*done)(void *ud), v
 
 static void dest_unref(mg_dest_t *d) {
   if (--d->refs) return;
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     shard_t *s = &d->shards[i];
     free_record(s->cur); /* a WAL record not acked is sent again after the next start */
     while (s->head) {
@@ -1038,13 +1220,14 @@ void mg_dest_free(mg_dest_t *d) {
   d->creds = NULL;
   mg_sink_free(d->sink);
   d->sink = NULL;
-  for (uint32_t i = 0; i < d->nshards; i++) {
+  for (uint32_t i = 0; i < d->nalloc; i++) {
     shard_t *s = &d->shards[i];
     if (s->req) mg_http_client_cancel(s->req);
     uv_close((uv_handle_t *)&s->batch_timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
   }
   uv_close((uv_handle_t *)&d->drain_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&d->reshard_timer, on_handle_closed);
   if (d->sync_timer_init) {
     uv_close((uv_handle_t *)&d->sync_timer, on_handle_closed);
     uv_close((uv_handle_t *)&d->seal_check, on_handle_closed);

@@ -691,6 +691,20 @@ int mg_wal_next(mg_wal_t *w, uint32_t shard, uint64_t before_id, mg_wal_record_t
   return rc;
 }
 
+int mg_wal_set_nshards(mg_wal_t *w, uint32_t nshards) {
+  if (!w || !nshards || nshards > MG_WAL_MAX_SHARDS) return MG_EINVAL;
+  uint64_t *c = mg_calloc(nshards, sizeof *c);
+  if (!c) return MG_ENOMEM;
+  pthread_mutex_lock(&w->mu);
+  for (uint32_t i = 0; i < nshards; i++) c[i] = w->rhead; /* records move between readers: look again */
+  uint64_t *old = w->cursor;
+  w->cursor = c;
+  w->o.nshards = nshards;
+  pthread_mutex_unlock(&w->mu);
+  mg_free(old);
+  return 0;
+}
+
 int mg_wal_ack(mg_wal_t *w, uint64_t id) {
   if (!w) return MG_EINVAL;
   pthread_mutex_lock(&w->mu);

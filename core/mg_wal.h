@@ -156,6 +156,14 @@ int mg_wal_append(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uin
  * stays pending (and is returned again after a restart) until acked. */
 int mg_wal_next(mg_wal_t *w, uint32_t shard, uint64_t before_id, mg_wal_record_t *rec);
 
+/* Change the shard count of this run (a destination resharding): appends
+ * from now on carry the new count and readers 0..nshards-1 share every
+ * pending record by tag % nshards; the reshard barrier (see "Design")
+ * holds the new appends back until the older ones are acknowledged.
+ * Records handed out stay with whoever holds them. Returns 0, MG_EINVAL
+ * (0 or over MG_WAL_MAX_SHARDS), MG_ENOMEM (nothing changed). */
+int mg_wal_set_nshards(mg_wal_t *w, uint32_t nshards);
+
 /* The record is finished: delivered, or permanently rejected. Records may
  * be acked in any order, handed out or not. A segment whose records are all
  * finished is deleted by the next sync. Returns 0, or MG_ENOTFOUND (unknown

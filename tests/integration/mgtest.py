@@ -814,12 +814,15 @@ class FakeReceiver:
     """A remote-write 1.0 endpoint on loopback that decodes every request,
     records wire-format violations, and keeps all samples by series."""
 
-    def __init__(self, ua_prefix="moongate/", policy=None):
+    def __init__(self, ua_prefix="moongate/", policy=None, delay=0.0):
         """policy(n, body) -> None (answer 204) or (code, headers, body) for
         the n-th request (1-based); samples are kept only for 2xx answers.
-        self.answers lists (n, code, sha256 of the body, monotonic time)."""
+        self.answers lists (n, code, sha256 of the body, monotonic time).
+        delay: seconds each request takes before it is handled (requests
+        are served in parallel, so a sender gains by sending in parallel)."""
         self.ua_prefix = ua_prefix
         self.policy = policy
+        self.delay = delay
         self.answers = []
         self.lock = threading.Lock()
         self.samples = {}       # series_key -> [(ts_ms, value)]
@@ -838,6 +841,8 @@ class FakeReceiver:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
+                if recv.delay:
+                    time.sleep(recv.delay)
                 code, hdrs, rbody = recv._handle(self.path, dict(self.headers), body)
                 self.send_response(code)
                 for k, v in hdrs.items():

@@ -872,6 +872,43 @@ MG_TEST(reshard_keeps_series_order) {
   rm_rf(root);
 }
 
+/* The same, in one run: mg_wal_set_nshards while a record is handed out. */
+MG_TEST(reshard_in_process) {
+  char *root = tmpdir();
+  REQUIRE(root);
+  mg_wal_t *w = NULL;
+  mg_wal_opts_t o = opts_small();
+  o.nshards = 2;
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  for (uint64_t k = 1; k <= 10; k++) CHECK_INT(app(w, (uint32_t)(k % 2), k, NULL), 0);
+  mg_wal_record_t r;
+  REQUIRE(mg_wal_next(w, 1, 0, &r) == 0); /* id 1, in flight across the change */
+  CHECK_U64(r.id, 1);
+  mg_free(r.data);
+  CHECK_INT(mg_wal_set_nshards(w, 0), MG_EINVAL);
+  CHECK_INT(mg_wal_set_nshards(w, 3), 0);
+  CHECK_INT(app(w, 3, 11, NULL), MG_EINVAL); /* readers are 0..2 now */
+  for (uint64_t k = 11; k <= 16; k++) CHECK_INT(app(w, (uint32_t)(k % 3), k, NULL), 0);
+  /* Old records 2..10 are spread by tag % 3 (tags 0 and 1: readers 0, 1). */
+  uint64_t ids[32];
+  int bad = 0;
+  int n0 = drain(w, 0, ids, 32, false, &bad), n1 = drain(w, 1, ids + 16, 16, false, &bad);
+  CHECK_INT(n0, 5); /* 2, 4, 6, 8, 10 */
+  CHECK_INT(n1, 4); /* 3, 5, 7, 9 */
+  CHECK_INT(drain(w, 2, ids, 16, false, &bad), 0);
+  for (uint64_t k = 2; k <= 10; k++) CHECK_INT(mg_wal_ack(w, k), 0);
+  CHECK_INT(mg_wal_next(w, 0, 0, &r), MG_EAGAIN); /* 1 still in flight: new records wait */
+  CHECK_INT(mg_wal_ack(w, 1), 0);
+  n0 = drain(w, 0, ids, 16, true, &bad);
+  n1 = drain(w, 1, ids, 16, true, &bad);
+  int n2 = drain(w, 2, ids, 16, true, &bad);
+  CHECK_INT(n0 + n1 + n2, 6);
+  CHECK_INT(n2, 2); /* 11 and 14 */
+  CHECK_INT(bad, 0);
+  mg_wal_close(w);
+  rm_rf(root);
+}
+
 MG_TEST(one_process_per_directory) {
   char *root = tmpdir();
   REQUIRE(root);
