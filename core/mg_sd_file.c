@@ -557,6 +557,7 @@ static void report(sd_file_t *f, bool ok) {
     return;
   }
   for (size_t i = 0; i < f->nfiles; i++) {
+    if (!f->files[i].ts.n) continue; /* an empty file: no array to copy from */
     memcpy(all.v + all.n, f->files[i].ts.v, f->files[i].ts.n * sizeof *all.v);
     all.n += f->files[i].ts.n;
   }
