@@ -92,8 +92,8 @@ struct mg_scrape {
   const mg_conf_t *conf;
   mg_dest_t **dests;
   size_t ndests;
-  target_t **targets; /* grouped by job, in plan order */
-  size_t ntargets, targets_cap;
+  target_t **targets; /* grouped by job, in plan order; rebuilt when discovery changes them */
+  size_t ntargets;
   job_metrics_t *jms;
   size_t njobs; /* the plan may be gone once mg_scrape_free returned */
   mg_label_t ext[MAX_TARGET_LABELS]; /* external labels, sorted */
@@ -1299,7 +1299,6 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   size_t total = 0;
   for (size_t j = 0; j < conf->njobs; j++) total += conf->jobs[j]->ntargets;
   s->targets = mg_calloc(total ? total : 1, sizeof *s->targets);
-  s->targets_cap = total ? total : 1;
   s->jms = mg_calloc(conf->njobs ? conf->njobs : 1, sizeof *s->jms);
   s->njobs = s->jms ? conf->njobs : 0;
   if (!s->targets || !s->jms) {
