@@ -678,6 +678,15 @@ static int dest_build(rd_t *r, mg_conf_dest_t *d) {
     TRY(rd_bool(r, q, "retry_on_http_429", &qc->retry_on_http_429));
     lua_pop(r->L, 1);
   }
+  has = rd_sub(r, 1, "buffer");
+  if (has < 0) return has;
+  if (has) {
+    int b = lua_gettop(r->L);
+    TRY(rd_u64(r, b, "max_bytes", UINT64_MAX / 2, &d->buffer.max_bytes));
+    TRY(rd_u64(r, b, "max_age_ms", UINT64_MAX / 2, &d->buffer.max_age_ms));
+    TRY(rd_bool(r, b, "memory_only", &d->buffer.memory_only));
+    lua_pop(r->L, 1);
+  }
   return 0;
 }
 

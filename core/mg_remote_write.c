@@ -570,13 +570,7 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
     set_pending(d, -(int64_t)nsamples);
     return;
   }
-  r->next = NULL;
-  r->nsamples = nsamples;
-  r->len = len;
-  r->data = data;
-  r->wal_id = 0;
-  r->order_id = order_id;
-  r->epoch = d->epoch;
+  *r = (record_t){.nsamples = nsamples, .len = len, .data = data, .order_id = order_id, .epoch = d->epoch};
   if (s->tail) s->tail->next = r;
   else s->head = r;
   s->tail = r;

@@ -618,6 +618,9 @@ local queue = record({
 
 local metadata = record { send = bool, send_interval = duration }
 
+-- The durable buffer under --data-dir (docs/durability.md).
+local buffer = record { max_size = bytes, max_age = duration, memory_only = bool }
+
 local rw_fields = with(auth_fields, {
   name = { name_str, required = true },
   url = { url, required = true },
@@ -626,6 +629,8 @@ local rw_fields = with(auth_fields, {
   remote_timeout = duration,
   queue = queue,
   metadata = metadata,
+  buffer = buffer,
+  external_labels = labels,
   write_relabel_configs = relabels,
 })
 local rw_aliases = { queue_config = "queue", metadata_config = "metadata", tls_config = "tls" }
@@ -646,6 +651,17 @@ local function remote_write(r)
     bad("queue.min_backoff", "is longer than max_backoff")
   end
   local m = r.metadata or {}
+  local b = r.buffer or {}
+  if b.max_size and b.max_size < 1048576 then bad("buffer.max_size", "must be at least 1MiB") end
+  -- This workspace's external labels: set where a series has no such label
+  -- (as global external labels), before its write_relabel_configs. A rule
+  -- per label: a missing or empty label matches regex "".
+  local rules = {}
+  for _, kv in ipairs(r.external_labels or {}) do
+    rules[#rules + 1] = { source_labels = { kv[1] }, regex = "", target_label = kv[1],
+      replacement = (gsub(kv[2], "%$", "%$%$")), action = "replace" }
+  end
+  for _, rule in ipairs(r.write_relabel_configs or {}) do rules[#rules + 1] = rule end
   return destination {
     kind = "remote_write", name = r.name, url = r.url, headers = r.headers, auth = auth_of(r), tls = r.tls,
     remote_timeout_ms = r.remote_timeout,
@@ -655,7 +671,8 @@ local function remote_write(r)
       min_backoff_ms = q.min_backoff, max_backoff_ms = q.max_backoff, retry_on_http_429 = q.retry_on_http_429,
     },
     send_metadata = m.send, metadata_send_interval_ms = m.send_interval,
-    write_relabel_configs = r.write_relabel_configs, sigv4 = r.sigv4,
+    buffer = r.buffer and { max_bytes = b.max_size, max_age_ms = b.max_age, memory_only = b.memory_only },
+    write_relabel_configs = rules, sigv4 = r.sigv4,
   }
 end
 
