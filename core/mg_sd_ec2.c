@@ -690,8 +690,18 @@ typedef struct aws_error {
 static int on_error_leaf(void *ud, const mg_str_t *path, size_t depth, mg_str_t text) {
   aws_error_t *ae = ud;
   if (depth < 2 || !mg_str_eq_c(path[depth - 2], "Error")) return 0;
-  if (mg_str_eq_c(path[depth - 1], "Code") && !ae->code[0])
-    snprintf(ae->code, sizeof ae->code, "%.*s", (int)text.n, text.p);
+  if (mg_str_eq_c(path[depth - 1], "Code") && !ae->code[0]) {
+    /* A code is a word (AuthFailure, InvalidParameterValue, ...); anything
+     * else in it is masked, as it goes into log lines unquoted. */
+    size_t n = text.n < sizeof ae->code - 1 ? text.n : sizeof ae->code - 1;
+    for (size_t i = 0; i < n; i++) {
+      char c = text.p[i];
+      bool word = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                  c == '-' || c == ':';
+      ae->code[i] = word ? c : '?';
+    }
+    ae->code[n] = '\0';
+  }
   else if (mg_str_eq_c(path[depth - 1], "Message") && !ae->message[0])
     snprintf(ae->message, sizeof ae->message, "%.*s", (int)text.n, text.p);
   return 0;

@@ -604,6 +604,13 @@ MG_TEST(ec2_failures_keep_targets_and_log_once) {
   CHECK(wait_count(&r, &r.sink.failed, failed_before + 2));
   CHECK_INT(tl_log_count("level=error mod=sd_ec2 event=refresh_failed"), 1);
   CHECK_INT(tl_log_count("code=InvalidParameterValue"), 1);
+  /* A code that is not a word cannot break the log line. */
+  r.fake.fail_status = 400;
+  r.fake.fail_code = "Odd code=\"x\"";
+  r.fake.fail_times = 1;
+  failed_before = r.sink.failed;
+  CHECK(wait_count(&r, &r.sink.failed, failed_before + 1));
+  CHECK_INT(tl_log_count("code=Odd?code??x? message="), 1);
   /* The endpoint goes away: a network failure, logged once. */
   mg_http_server_free(r.fake.srv);
   r.fake.srv = NULL;
