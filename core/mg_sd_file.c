@@ -388,7 +388,9 @@ static int load_file(const char *path, mg_sd_targets_t *out, char *why, size_t w
     if (rc && where) {
       char tmp[300];
       snprintf(tmp, sizeof tmp, "line %zu: %s", where, why);
-      snprintf(why, whylen, "%s", tmp);
+      size_t n = strlen(tmp) < whylen ? strlen(tmp) : whylen - 1; /* whylen > 0: why[0] was written above */
+      memcpy(why, tmp, n);
+      why[n] = '\0';
     }
   }
   mg_kvs_cleanup(&g.labels);
