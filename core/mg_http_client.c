@@ -122,6 +122,7 @@ struct mg_http_req {
   unsigned parse_flags;
   mg_buf_t *body_out, own_body;
   bool reused, retried, got_bytes;
+  bool truncate_2xx, truncated; /* truncate_2xx_body; the body was cut at max_body */
   int err;
   char detail[256];
 };
@@ -189,6 +190,7 @@ static void req_complete(mg_http_req_t *r, int err, mg_http_parser_t *parser) {
   if (err == 0) {
     resp.status = mg_http_parser_status(parser);
     resp.body = r->body_out ? r->body_out : &r->own_body;
+    resp.body_truncated = r->truncated;
     resp.priv_ = parser;
   }
   r->state = R_CALLBACK;
@@ -396,6 +398,13 @@ static int stream_body(conn_t *conn) {
   return rc;
 }
 
+/* A body over its limit that the caller allowed to cut: a 2xx whose
+ * headers all arrived (so the limit hit is the body's, not the headers'). */
+static bool body_may_be_cut(conn_t *conn) {
+  int status = mg_http_parser_status(conn->parser);
+  return conn->req->truncate_2xx && mg_http_parser_headers_done(conn->parser) && status >= 200 && status <= 299;
+}
+
 /* Plaintext response bytes. */
 static void conn_input(conn_t *conn, const char *data, size_t n) {
   if (!conn->req) {
@@ -415,6 +424,11 @@ static void conn_input(conn_t *conn, const char *data, size_t n) {
   if (rc < 0) {
     /* Stop reading at once: an over-limit body is not drained. */
     uv_read_stop((uv_stream_t *)&conn->tcp);
+    if (rc == MG_ETOOBIG && body_may_be_cut(conn)) {
+      conn->req->truncated = true;
+      conn_done(conn, false);
+      return;
+    }
     conn_fail(conn, rc, "%s", mg_http_parser_error(conn->parser));
     return;
   }
@@ -874,6 +888,7 @@ int mg_http_client_request(mg_http_client_t *c, const mg_http_request_t *req, mg
   r->cli = c;
   r->cb = cb;
   r->on_body = req->on_body;
+  r->truncate_2xx = req->truncate_2xx_body;
   r->ud = ud;
   r->body = req->body;
   r->body_len = req->body_len;

@@ -51,6 +51,11 @@ typedef struct mg_http_request {
   size_t max_body;             /* response body limit after decoding; 0 = 64 MiB */
   size_t max_header_bytes;     /* response header limit; 0 = 64 KiB */
   bool accept_gzip;            /* send Accept-Encoding: gzip and inflate transparently */
+  /* The caller needs only the status of a 2xx answer (remote write ignores
+   * its body): a 2xx body over max_body then completes the request with the
+   * bytes read so far and body_truncated set, instead of MG_ETOOBIG; the
+   * connection is closed rather than drained. Other statuses keep failing. */
+  bool truncate_2xx_body;
   const mg_http_tls_opts_t *tls; /* NULL = defaults (verify against system CAs) */
   /* Optional caller-owned buffer that receives the decoded body (reset
    * first). Lets scrapes reuse buffers. NULL: the client uses its own. */
@@ -67,7 +72,7 @@ typedef struct mg_http_request {
 typedef struct mg_http_response {
   int status;           /* e.g. 200 */
   mg_buf_t *body;       /* decoded body: the caller's body_out or the client's */
-  bool body_truncated;  /* never true on success: over-limit bodies fail with MG_ETOOBIG */
+  bool body_truncated;  /* only with truncate_2xx_body: otherwise over-limit bodies fail with MG_ETOOBIG */
   /* private: header storage */
   void *priv_;
 } mg_http_response_t;

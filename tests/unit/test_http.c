@@ -267,6 +267,7 @@ static void finish_loop(uv_loop_t *loop) {
 
 typedef struct result {
   int done, err, status, sync_guard;
+  bool truncated;
   char detail[256];
   char hdr[128];
   const char *hdr_name;
@@ -284,6 +285,7 @@ static void on_done(void *ud, int err, const char *detail, mg_http_response_t *r
   r->at_ms = uv_now(cur_loop);
   snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "(null)");
   r->status = resp ? resp->status : 0;
+  r->truncated = resp && resp->body_truncated;
   r->hdr[0] = '\0';
   mg_buf_reset(&r->body);
   if (resp) {
@@ -429,6 +431,11 @@ MG_TEST(server_routes_and_client_basics) {
   CHECK_U64(st.requests, 6);
   CHECK_U64(st.connections_opened, 1);
   CHECK_U64(st.connections_reused, 5);
+
+  /* Only 2xx bodies may be cut: an error's body keeps its limit. */
+  url_for(url, sizeof url, "http", "127.0.0.1", port, "/nope");
+  do_request(&loop, c, &(mg_http_request_t){.url = url, .max_body = 5, .truncate_2xx_body = true}, &r);
+  CHECK_INT(r.err, MG_ETOOBIG);
 
   mg_buf_cleanup(&big);
   mg_buf_cleanup(&out);
@@ -923,6 +930,27 @@ MG_TEST(client_hostile_servers) {
   CHECK_STR(r.detail, "response body over limit (10485760 bytes)");
   CHECK(out.cap < (20u << 20));
   mg_buf_cleanup(&out);
+
+  /* truncate_2xx_body: a 2xx body over the limit completes the request
+   * (remote write needs only the status), cut at the limit; a body announced
+   * over the limit is not read at all; headers over their limit still fail. */
+  raw_case(RAW_STREAM, (mg_http_request_t){.max_body = 1u << 20, .truncate_2xx_body = true}, &r, NULL);
+  CHECK_INT(r.err, 0);
+  CHECK_INT(r.status, 200);
+  CHECK(r.truncated);
+  CHECK(r.body.len <= (1u << 20));
+  raw_case(RAW_CUT_BODY, (mg_http_request_t){.max_body = 10, .truncate_2xx_body = true}, &r, NULL);
+  CHECK_INT(r.err, 0);
+  CHECK(r.truncated);
+  CHECK_INT(r.body.len, 0);
+  raw_case(RAW_CUT_BODY, (mg_http_request_t){.max_body = 10}, &r, NULL);
+  CHECK_INT(r.err, MG_ETOOBIG);
+  raw_case(RAW_CUT_BODY, (mg_http_request_t){.max_header_bytes = 16, .truncate_2xx_body = true}, &r, NULL);
+  CHECK_INT(r.err, MG_ETOOBIG);
+  raw_case(RAW_CHUNKED, (mg_http_request_t){.truncate_2xx_body = true}, &r, NULL);
+  CHECK_INT(r.err, 0);
+  CHECK(!r.truncated);
+  CHECK_MEM(r.body.data, r.body.len, "hello world", 11);
 
   /* The server drops the kept-alive connection on the second request: the
    * client retries once on a new connection. */
