@@ -952,13 +952,23 @@ class FakeTarget:
       big      200, a valid body of `big_bytes` bytes
       cut      200, Content-Length 100000, 1000 bytes sent, then close
       hung     reads the request, never answers (keeps the socket open)
+      slowloris  200 with Content-Length 100000, then one valid body byte
+               every `trickle_s` seconds (at most 2000 bytes)
+      badutf8  200, a valid line then a label value with invalid UTF-8 (line 2)
+      dupes    200, the series dup_metric{a="1"} twice (values n, then n+1000),
+               the second time with its labels in the same order
+      reordered  as dupes, but the repeat lists its labels in another order
+      static   200, `body` (bytes, or a function of the request number)
     `mode` may be changed while running (a good target going bad)."""
 
     GARBAGE = b"good_metric 1\nanother_metric 2\nthis is not { exposition\n"
+    BAD_UTF8 = b'ok_metric 1\nbad_utf8{v="caf\xc3\x28"} 2\n'
 
-    def __init__(self, mode, big_bytes=50 * 1000 * 1000):
+    def __init__(self, mode, big_bytes=50 * 1000 * 1000, body=None, trickle_s=0.2):
         self.mode = mode
         self.big_bytes = big_bytes
+        self.body = body
+        self.trickle_s = trickle_s
         self.requests = 0
         self.stopping = False
         self.conns = []
@@ -1028,6 +1038,17 @@ class FakeTarget:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                                  b"Content-Length: 100000\r\n\r\n" + body)
                     return
+                elif mode == "slowloris":
+                    self._trickle(conn)
+                    return
+                elif mode == "badutf8":
+                    self._respond(conn, self.BAD_UTF8)
+                elif mode in ("dupes", "reordered"):
+                    again = 'dup_metric{b="2",a="1"}' if mode == "reordered" else 'dup_metric{a="1",b="2"}'
+                    self._respond(conn, (f'dup_metric{{a="1",b="2"}} {n}\n{again} {n + 1000}\n'
+                                         f"dup_other {n}\n").encode())
+                elif mode == "static":
+                    self._respond(conn, self.body(n) if callable(self.body) else self.body)
         except OSError:
             return
         finally:
@@ -1035,6 +1056,17 @@ class FakeTarget:
                 conn.close()
             except OSError:
                 pass
+
+    def _trickle(self, conn):
+        """Headers at once, then the body one byte at a time (bounded)."""
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        body = big_body(2000)
+        for i in range(2000):
+            if self.stopping:
+                return
+            conn.sendall(body[i:i + 1])
+            time.sleep(self.trickle_s)  # pacing the peer, not an assertion
 
     def _respond(self, conn, body):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
