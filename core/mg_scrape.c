@@ -42,7 +42,7 @@ typedef struct sd_source {
 } sd_source_t;
 
 typedef struct job_metrics {
-  mg_metric_t *ok, *fail, *samples, *up, *down, *discovered;
+  mg_metric_t *ok, *fail, *samples, *up, *down, *discovered, *duplicates;
   mg_relabel_t *metric_relabel; /* NULL: no metric_relabel_configs */
   mg_relabel_t *target_relabel; /* NULL: no relabel_configs; kept for discovered targets */
   char *auth_value;             /* Authorization of the job's targets (secret), NULL: none */
@@ -79,7 +79,7 @@ typedef struct target {
   int up;                   /* -1 unknown, 0 down, 1 up */
   int64_t last_scrape_ms;   /* wall clock of the last finished scrape */
   double last_duration_s;
-  unsigned long long last_fail_log_ms;
+  unsigned long long last_fail_log_ms, last_dup_log_ms;
   char last_error[256];
   mg_http_header_t headers[3];
   char timeout_hdr[32];
@@ -815,6 +815,18 @@ static void set_health(target_t *t, int up, const char *why) {
   snprintf(t->last_error, sizeof t->last_error, "%s", why ? why : "");
 }
 
+/* A body listed a series more than once: the first sample was kept and
+ * the others dropped, as Prometheus does (it counts them in
+ * prometheus_target_scrapes_sample_duplicate_timestamp_total). */
+static void report_duplicates(target_t *t, uint64_t n) {
+  mg_metric_add(t->jm->duplicates, (double)n);
+  unsigned long long now = (unsigned long long)uv_now(t->s->loop);
+  if (!mg_log_ratelimit(&t->last_dup_log_ms, now, 60000)) return;
+  MG_WARN("scrape", "duplicate_samples",
+          "job=%s target=%s dropped=%llu hint=\"the target lists a series twice in one body; the first sample is kept\"",
+          t->job->name, t->url, (unsigned long long)n);
+}
+
 /* Finish a scrape: body == NULL means it failed with `why`. */
 static int process(target_t *t, const char *body, size_t len, const char *ctype, int64_t ts_ms, double duration_s,
                    char *why, size_t whylen) {
@@ -871,6 +883,7 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
   stage_commit(s);
   mg_metric_add(t->jm->samples, (double)c.samples);
   mg_metric_set(s->m_active, (double)mg_scrape_active_series(s));
+  if (ok && c.duplicates) report_duplicates(t, c.duplicates);
   return ok ? 0 : rc;
 }
 
@@ -1314,6 +1327,8 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
     jm->fail = metric(MG_METRIC_COUNTER, "moongate_scrapes_total", "Scrapes by result.", jn, "result", "failure");
     jm->samples = metric(MG_METRIC_COUNTER, "moongate_scrape_samples_scraped_total",
                          "Sample lines read from targets' bodies.", jn, NULL, NULL);
+    jm->duplicates = metric(MG_METRIC_COUNTER, "moongate_scrape_samples_duplicate_total",
+                            "Samples dropped because their series came earlier in the same body.", jn, NULL, NULL);
     jm->up = metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "up");
     jm->down =
         metric(MG_METRIC_GAUGE, "moongate_targets", "Targets by health of their last scrape.", jn, "health", "down");
