@@ -197,7 +197,7 @@ static size_t merge_missing(mg_label_t *out, size_t n, const mg_label_t *add, si
  * labels (unescaped), the target's labels with Prometheus's honor_labels
  * rule, empty values removed. External labels come later (with_external),
  * as in Prometheus, where they belong to remote write. Returns the count,
- * or -1 with ctx->err set. */
+ * or a negative mg_err with ctx->err set (MG_ETOOBIG for a label limit). */
 static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t *out) {
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
@@ -212,7 +212,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
   /* Renamed labels ("exported_" + name) need room too. */
   if (mg_buf_reserve(&s->scratch, esc_bytes + ps->nlabels * 16 + 4096) != 0) {
     snprintf(c->err, sizeof c->err, "out of memory building labels");
-    return -1;
+    return MG_ENOMEM;
   }
   int sorted = 1;
   for (size_t i = 0; i < ps->nlabels; i++) {
@@ -220,7 +220,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
     if (job->label_name_length_limit && pl->name.n > job->label_name_length_limit) {
       snprintf(c->err, sizeof c->err, "label name %.*s... longer than label_name_length_limit %llu",
                (int)(pl->name.n > 40 ? 40 : pl->name.n), pl->name.p, (unsigned long long)job->label_name_length_limit);
-      return -1;
+      return MG_ETOOBIG;
     }
     mg_str_t v = pl->value;
     if (pl->escaped) {
@@ -232,7 +232,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
     if (job->label_value_length_limit && v.n > job->label_value_length_limit) {
       snprintf(c->err, sizeof c->err, "label %.*s value longer than label_value_length_limit %llu",
                (int)(pl->name.n > 40 ? 40 : pl->name.n), pl->name.p, (unsigned long long)job->label_value_length_limit);
-      return -1;
+      return MG_ETOOBIG;
     }
     /* Empty values stay until the merge: honor_labels asks whether the
      * page has the label at all, as Prometheus does (lset.Has). */
@@ -282,7 +282,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
         size_t need = 9 + name.n;
         if (s->scratch.cap - s->scratch.len < need) {
           snprintf(c->err, sizeof c->err, "label rename space exhausted");
-          return -1;
+          return MG_ETOOBIG;
         }
         char *dst = s->scratch.data + s->scratch.len;
         memcpy(dst, "exported_", 9);
@@ -303,7 +303,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
   if (job->label_limit && n > job->label_limit) {
     snprintf(c->err, sizeof c->err, "series has %zu labels, over label_limit %llu", n,
              (unsigned long long)job->label_limit);
-    return -1;
+    return MG_ETOOBIG;
   }
   return (int)n;
 }
@@ -744,7 +744,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     /* Rewritten labels are cached: the body's labels are not needed. */
   } else if (!route_dropped(e->route) || is_new || undecided) {
     int nb = build_labels(c, ps, built);
-    if (nb < 0) return MG_EPARSE;
+    if (nb < 0) return nb;
     labels = built;
     n = (size_t)nb;
   }

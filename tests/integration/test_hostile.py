@@ -47,14 +47,15 @@ LONG_NAME = ("fine_metric 1\nlong_name_metric{" + "n" * 60 + '="v"} 1\n').encode
 LONG_VALUE = ('fine_metric 1\nlong_value_metric{v="' + "x" * 200 + '"} 1\n').encode()
 MILLION = 1_000_000  # series in the "millions" body
 
-# target mode -> (job, what its scrape_failed reason and status page say)
+# target mode -> (job, err= of its scrape_failed line, what its reason and
+# the status page say)
 REFUSED = {
-    "slowloris": ("hostile", r"timed out after 1000 ms"),
-    "badutf8": ("hostile", r"line 2 column \d+: invalid UTF-8 in label value"),
-    "manylabels": ("limits", r"13 labels, over label_limit 8"),
-    "longname": ("limits", r"longer than label_name_length_limit 40"),
-    "longvalue": ("limits", r"longer than label_value_length_limit 64"),
-    "millions": ("limits", r"sample_limit exceeded \(5000\)"),
+    "slowloris": ("hostile", "ETIMEDOUT", r"timed out after 1000 ms"),
+    "badutf8": ("hostile", "EPARSE", r"line 2 column \d+: invalid UTF-8 in label value"),
+    "manylabels": ("limits", "ETOOBIG", r"13 labels, over label_limit 8"),
+    "longname": ("limits", "ETOOBIG", r"longer than label_name_length_limit 40"),
+    "longvalue": ("limits", "ETOOBIG", r"longer than label_value_length_limit 64"),
+    "millions": ("limits", "ETOOBIG", r"sample_limit exceeded \(5000\)"),
 }
 
 
@@ -160,12 +161,12 @@ def run_targets(c):
 
         page = mgtest.http_get(gw.base + "/")[2].decode("utf-8", "replace")
         events = mgtest.log_events(gw.stderr(), "scrape_failed")
-        for mode, (job, reason) in REFUSED.items():
+        for mode, (job, err, reason) in REFUSED.items():
             pts = ups(mode)
             c.check(f"{mode}: up == 0 (job {job})", pts and all(v == 0 for _, v in pts), f"{[v for _, v in pts][:6]}")
             recs = [e for e in events if tg[mode].addr in e["_raw"]]
-            clear = [e for e in recs if re.search(reason, e["_raw"])]
-            c.check(f"{mode}: scrape_failed names the target and /{reason}/", bool(clear),
+            clear = [e for e in recs if re.search(reason, e.get("reason", "")) and e.get("err") == err]
+            c.check(f"{mode}: scrape_failed names the target, err={err} and /{reason}/", bool(clear),
                     (clear or recs or [{"_raw": "no scrape_failed line"}])[0]["_raw"])
             c.check(f"{mode}: the status page shows the reason", re.search(reason, page) is not None)
             leaked = {k: v for k, v in rx.find_instance(tg[mode].addr).items()
