@@ -153,8 +153,9 @@ static int on_headers_complete(llhttp_t *llh) {
   if (p->kind == MG_HTTP_RESPONSE) {
     if (llh->status_code == 101) return fail(p, MG_EHTTP, "unexpected 101 Switching Protocols");
     /* Interim, 204 and 304 responses are bodiless whatever Content-Length
-     * says (llhttp knows); HEAD responses need telling. */
-    if (llh->status_code < 200 || llh->status_code == 204 || llh->status_code == 304) return 0;
+     * says, and so are HEAD responses: llhttp 8.1 would read a 304's
+     * Content-Length bytes as its body, so it is told, like for HEAD. */
+    if (llh->status_code < 200 || llh->status_code == 204 || llh->status_code == 304) return 1;
     if (p->flags & MG_HTTP_HEAD_RESPONSE) return 1;
   }
   if ((p->flags & MG_HTTP_GUNZIP) && is_gzip(mg_http_parser_header(p, "content-encoding"))) {

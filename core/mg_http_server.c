@@ -207,9 +207,9 @@ static const char *reason(int status) {
   }
 }
 
-/* Send a response; takes the body's memory. 1xx/204 carry no body (RFC 9110 8.6). */
+/* Send a response; takes the body's memory. 1xx/204/304 carry no body (RFC 9110 8.6). */
 static void respond(sconn_t *conn, int status, const mg_buf_t *hdrs, mg_buf_t *body, bool head_only) {
-  bool bodiless = status < 200 || status == 204;
+  bool bodiless = status < 200 || status == 204 || status == 304;
   mg_buf_t head;
   mg_buf_init(&head, 0);
   int rc = mg_buf_printf(&head, "HTTP/1.1 %d %s\r\n", status, reason(status));

@@ -203,6 +203,19 @@ MG_TEST(parser_limits_and_errors) {
   mg_http_parser_reset(p, &body, 0, 0, 0);
   CHECK_INT(mg_http_parser_feed(p, nc, sizeof nc - 1, &used), MG_HTTP_COMPLETE);
   CHECK_INT(used, sizeof nc - 1 - 8);
+  /* Nor do 304 and 1xx: a Content-Length there describes the resource
+   * (RFC 9110 8.6), the next bytes are the next response. */
+  static const char nm[] = "HTTP/1.1 304 Not Modified\r\nContent-Length: 15\r\n\r\nHTTP/1.1";
+  mg_http_parser_reset(p, &body, 0, 0, 0);
+  CHECK_INT(mg_http_parser_feed(p, nm, sizeof nm - 1, &used), MG_HTTP_COMPLETE);
+  CHECK_INT(used, sizeof nm - 1 - 8);
+  CHECK_INT(mg_http_parser_status(p), 304);
+  CHECK_INT(body.len, 0);
+  static const char nc2[] = "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nHTTP/1.1";
+  mg_http_parser_reset(p, &body, 0, 0, 0);
+  CHECK_INT(mg_http_parser_feed(p, nc2, sizeof nc2 - 1, &used), MG_HTTP_COMPLETE);
+  CHECK_INT(used, sizeof nc2 - 1 - 8);
+  CHECK_INT(body.len, 0);
   mg_buf_cleanup(&body);
   mg_http_parser_free(p);
 }
@@ -333,6 +346,12 @@ static void h_method(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp)
   resp->status = 201;
 }
 
+/* A handler that writes a body into a 304: the server must not send it. */
+static void h_not_modified(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
+  resp->status = 304;
+  mg_buf_append_str(&resp->body, "never sent");
+}
+
 static void h_gzip(void *ud, const mg_http_sreq_t *req, mg_http_sresp_t *resp) {
   const mg_buf_t *payload = ud;
   mg_http_sresp_header(resp, "Content-Encoding", "gzip");
@@ -361,6 +380,7 @@ static mg_http_server_t *test_server(uv_loop_t *loop, const char *addr, const mg
   CHECK_INT(mg_http_server_route(s, "POST", "/echo", h_echo, NULL), 0);
   CHECK_INT(mg_http_server_route(s, NULL, "/any", h_method, NULL), 0);
   CHECK_INT(mg_http_server_route(s, "GET", "/sni", h_sni, NULL), 0);
+  CHECK_INT(mg_http_server_route(s, "GET", "/not-modified", h_not_modified, NULL), 0);
   return s;
 }
 
@@ -431,6 +451,20 @@ MG_TEST(server_routes_and_client_basics) {
   CHECK_U64(st.requests, 6);
   CHECK_U64(st.connections_opened, 1);
   CHECK_U64(st.connections_reused, 5);
+
+  /* A 304 goes out without a body (RFC 9110 8.6) and is read as bodiless:
+   * the next request on the same connection gets its own answer. */
+  url_for(url, sizeof url, "http", "127.0.0.1", port, "/not-modified");
+  do_request(&loop, c, &(mg_http_request_t){.url = url}, &r);
+  CHECK_INT(r.err, 0);
+  CHECK_INT(r.status, 304);
+  CHECK_INT(r.body.len, 0);
+  url_for(url, sizeof url, "http", "127.0.0.1", port, "/hello");
+  do_request(&loop, c, &(mg_http_request_t){.url = url}, &r);
+  CHECK_INT(r.status, 200);
+  CHECK_MEM(r.body.data, r.body.len, "hello world", 11);
+  mg_http_client_get_stats(c, &st);
+  CHECK_U64(st.connections_opened, 1);
 
   /* Only 2xx bodies may be cut: an error's body keeps its limit. */
   url_for(url, sizeof url, "http", "127.0.0.1", port, "/nope");
