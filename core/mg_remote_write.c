@@ -928,6 +928,7 @@ static void kick_send(shard_t *s, record_t *r, const mg_http_header_t *hdrs, siz
       .body_len = r->len,
       .timeout_ms = d->conf->remote_timeout_ms,
       .max_body = 1u << 20,
+      .truncate_2xx_body = true, /* a 2xx is delivered whatever its body says (remote write 1.0 ignores it) */
   };
   mg_http_tls_opts_t tls = {
       .ca_file = d->conf->tls.ca_file,

@@ -398,6 +398,7 @@ def run_receivers(c):
             "reset": HostileReceiver(lambda n: "reset" if n % 2 else "ok"),
             "partial": HostileReceiver(lambda n: ("cut_status", "cut_body", "ok")[(n - 1) % 3]),
             "garbage": HostileReceiver(lambda n: ("garbage", 300)),
+            "garbage_big": HostileReceiver(lambda n: ("garbage", 3 << 20)),
             "redirect": HostileReceiver(lambda n: ("redirect", REDIRECTS[(n - 1) % 4], moved_to.write_url)),
             "tls": HostileReceiver(lambda n: "ok", tls=self_signed(h)),
         }
@@ -438,12 +439,13 @@ def run_receivers(c):
             kinds = [a for _, a in rx[k].answers]
             c.check(f"{k}: the receiver misbehaved and moongate came back for the data",
                     kinds.count("ok") >= 3 and len(kinds) > kinds.count("ok") + 2, f"{kinds[:9]}")
-        sent = metric("moongate_remote_write_samples_sent_total", "garbage")
-        c.check("garbage: a 200 with a garbage body counts as delivered", (sent or 0) > 0, f"{sent}")
-        retries = metric("moongate_remote_write_retries_total", "garbage")
-        c.check("garbage: no retry (every batch sent once)",
-                not retries and rx["garbage"].requests == rx["garbage"].store.requests,
-                f"retries={retries}, requests={rx['garbage'].requests}")
+        for k in ("garbage", "garbage_big"):
+            sent = metric("moongate_remote_write_samples_sent_total", k)
+            c.check(f"{k}: a 200 with a garbage body counts as delivered", (sent or 0) > 0, f"{sent}")
+            retries = metric("moongate_remote_write_retries_total", k)
+            c.check(f"{k}: no retry (every batch sent once)",
+                    not retries and rx[k].requests == rx[k].store.requests,
+                    f"retries={retries}, requests={rx[k].requests}")
 
         # Redirects: not followed, never delivered, dropped and logged.
         c.check("redirect: not followed (the Location got no request)", moved_to.requests == 0, f"{moved_to.requests}")
