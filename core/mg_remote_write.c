@@ -132,7 +132,7 @@ struct mg_dest {
   unsigned long long last_full_log_ms, last_retry_log_ms, last_reject_log_ms;
   /* metrics */
   mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
-      *m_drop_sink, *m_last_success, *m_shards, *m_shards_desired;
+      *m_drop_sink, *m_last_success, *m_shards, *m_shards_desired, *m_queued_bytes;
   mg_metric_t *m_buf_bytes, *m_buf_records, *m_buf_degraded, *m_buf_recovered, *m_buf_write_errors,
       *m_buf_sync_errors, *m_drop_buffer_full, *m_drop_too_old, *m_drop_corrupt;
 };
@@ -271,6 +271,10 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
                                                     n, NULL));
   d->m_pending = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_samples_pending",
                                                   "Samples accepted and not yet delivered.", "destination", n, NULL));
+  d->m_queued_bytes = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_memory_bytes",
+                                                      "Compressed batches held in memory (being sent, or waiting "
+                                                      "without a durable buffer).",
+                                                      "destination", n, NULL));
   d->m_last_success = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_last_success_timestamp_seconds",
                                                        "Time of the last delivered request.", "destination", n, NULL));
   d->m_drop_full = dropped_metric(n, "queue_full");
@@ -306,6 +310,13 @@ const char *mg_dest_name(const mg_dest_t *d) { return d->conf->name; }
 
 void mg_dest_rebind(mg_dest_t *d, const mg_conf_dest_t *conf) { d->conf = conf; }
 
+/* Bytes of sealed batches held in memory (the memory FIFOs and the
+ * batches being sent). */
+static void queued_add(mg_dest_t *d, int64_t delta) {
+  d->queued_bytes = (size_t)((int64_t)d->queued_bytes + delta);
+  mg_metric_set(d->m_queued_bytes, (double)d->queued_bytes);
+}
+
 static void set_pending(mg_dest_t *d, int64_t delta) {
   d->pending_samples = (uint64_t)((int64_t)d->pending_samples + delta);
   mg_metric_set(d->m_pending, (double)d->pending_samples);
@@ -336,7 +347,7 @@ static int make_room(shard_t *s, size_t need) {
     if (!victim) return -1;
     s->head = victim->next;
     if (!s->head) s->tail = NULL;
-    d->queued_bytes -= victim->len;
+    queued_add(d, -(int64_t)victim->len);
     mg_metric_add(d->m_drop_full, victim->nsamples);
     set_pending(d, -(int64_t)victim->nsamples);
     if (mg_log_ratelimit(&d->last_full_log_ms, (unsigned long long)uv_now(d->loop), 10000))
@@ -484,7 +495,7 @@ static int try_open_buffer(mg_dest_t *d) {
     s->head = s->tail = NULL;
     while (r) {
       record_t *next = r->next;
-      d->queued_bytes -= r->len;
+      queued_add(d, -(int64_t)r->len);
       enqueue(s, r->data, r->len, r->nsamples);
       mg_free(r);
       r = next;
@@ -574,7 +585,7 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   if (s->tail) s->tail->next = r;
   else s->head = r;
   s->tail = r;
-  d->queued_bytes += len;
+  queued_add(d, (int64_t)len);
   kick(s);
 }
 
@@ -730,7 +741,7 @@ static void finish_cur(shard_t *s) {
   /* MG_ENOTFOUND: a cap dropped it meanwhile. */
   if (r->wal_id) (void)mg_wal_ack(s->d->wal, r->wal_id);
   for (uint32_t i = 0; i < r->nmerged; i++) (void)mg_wal_ack(s->d->wal, r->merged[i]);
-  s->d->queued_bytes -= r->len;
+  queued_add(s->d, -(int64_t)r->len);
   release_record(s->d, r);
 }
 
@@ -797,7 +808,7 @@ static record_t *take_next(shard_t *s) {
     if (rc == 0) {
       *r = (record_t){.nsamples = rec.nsamples, .len = rec.len, .data = rec.data, .wal_id = rec.id};
       coalesce(s, r, h ? h->order_id : 0);
-      d->queued_bytes += r->len;
+      queued_add(d, (int64_t)r->len);
       return r;
     }
     mg_free(r);

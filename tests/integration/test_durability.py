@@ -11,7 +11,9 @@ receiver (mgtest.FakeReceiver) answers 503 for a while, and nothing is lost:
    persists and is sent after the next start;
 4. a disk that refuses writes (RLIMIT_FSIZE, SIGXFSZ ignored): the buffer
    degrades to memory with a metric and a log line, and still nothing is
-   lost.
+   lost;
+5. a receiver that takes 10 s to answer twice: waited for (remote_timeout
+   30 s), not resent, nothing lost.
 Every target serves good_requests_total = its request count, so a lost
 scrape is a hole in the received values.
 """
@@ -237,8 +239,41 @@ def disk_full(c, h):
     mgtest.stop_gateway(c, "full disk: exits 0", gw)
 
 
+class Slow:
+    """Requests 3 and 4 take 10 s to answer (well under remote_timeout)."""
+
+    def __init__(self):
+        self.slow = set()
+
+    def __call__(self, n, body):
+        if n in (3, 4):
+            self.slow.add(n)
+            time.sleep(10)
+        return None
+
+
+def slow_receiver(c, h):
+    pol = Slow()
+    rx = h.add_server(mgtest.FakeReceiver(policy=pol))
+    tg = [h.add_server(mgtest.FakeTarget("good"))]
+    gw = mgtest.start_moongate(h, config(h, "slow.yml", tg, rx), name="mg-slow")
+    wait_for("two slow answers", lambda: pol.slow == {3, 4} or None, 60)
+    time.sleep(2)
+    upto = {tg[0]: tg[0].requests - 1}
+    check_no_loss(c, "10 s slow responses: 0 scrapes lost", rx, tg, upto)
+    with rx.lock:
+        answers = list(rx.answers)
+    bodies = [a[2] for a in answers]
+    dup = len(bodies) - len(set(bodies))
+    c.check("slow responses are waited for, not timed out and resent (no body sent twice)", dup == 0,
+            f"{dup} repeated of {len(bodies)}")
+    retries = metric(gw, "moongate_remote_write_retries_total", destination="amp")
+    c.check("no retry while the receiver is merely slow", not retries, f"{retries}")
+    mgtest.stop_gateway(c, "slow receiver: exits 0", gw)
+
+
 def run(c):
-    for scenario in (sigterm_persists, kill9, disk_full, outage_60s):
+    for scenario in (sigterm_persists, kill9, disk_full, slow_receiver, outage_60s):
         with mgtest.Harness(f"durability-{scenario.__name__}") as h:
             try:
                 scenario(c, h)
