@@ -40,8 +40,8 @@ void mg_sd_targets_cleanup(mg_sd_targets_t *ts);
  * then. Called on the loop thread, never from inside start. */
 typedef void (*mg_sd_update_fn)(void *ud, bool ok, const mg_sd_targets_t *ts);
 
-/* Everything a provider may use. creds_http is the client for cloud
- * calls (same as http today). The env passed to start stays valid until
+/* Everything a provider may use (http also serves cloud APIs and their
+ * credential providers). The env passed to start stays valid until
  * stop returns (a provider may keep the pointer). */
 typedef struct mg_sd_env {
   uv_loop_t *loop;
