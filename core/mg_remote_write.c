@@ -132,7 +132,7 @@ struct mg_dest {
   unsigned long long last_full_log_ms, last_retry_log_ms, last_reject_log_ms;
   /* metrics */
   mg_metric_t *m_sent, *m_bytes, *m_retries, *m_pending, *m_drop_full, *m_drop_4xx, *m_drop_shutdown,
-      *m_drop_sink, *m_last_success, *m_shards, *m_shards_desired, *m_queued_bytes;
+      *m_drop_sink, *m_last_success, *m_shards, *m_shards_desired, *m_queued_bytes, *m_in;
   mg_metric_t *m_buf_bytes, *m_buf_records, *m_buf_degraded, *m_buf_recovered, *m_buf_write_errors,
       *m_buf_sync_errors, *m_drop_buffer_full, *m_drop_too_old, *m_drop_corrupt;
 };
@@ -271,6 +271,10 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
                                                     n, NULL));
   d->m_pending = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_samples_pending",
                                                   "Samples accepted and not yet delivered.", "destination", n, NULL));
+  d->m_in = metric_or_dummy(mg_metrics_counter("moongate_remote_write_samples_in_total",
+                                               "Samples handed to the destination (after routing and write "
+                                               "relabeling).",
+                                               "destination", n, NULL));
   d->m_queued_bytes = metric_or_dummy(mg_metrics_gauge("moongate_remote_write_memory_bytes",
                                                       "Compressed batches held in memory (being sent, or waiting "
                                                       "without a durable buffer).",
@@ -633,6 +637,7 @@ int mg_dest_append(mg_dest_t *d, uint64_t series_hash, const void *entry, size_t
   if (s->open.len == 0) {
     uv_timer_start(&s->batch_timer, on_batch_deadline, d->conf->queue.batch_send_deadline_ms, 0);
   }
+  mg_metric_add(d->m_in, nsamples);
   int rc = mg_buf_append(&s->open, entry, len);
   if (rc) {
     mg_metric_add(d->m_drop_full, nsamples);
