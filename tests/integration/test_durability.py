@@ -155,6 +155,14 @@ def outage_60s(c, h):
         log(f"backlog of {pend:.0f} samples delivered {secs:.1f} s after the receiver came back")
     dropped = metric(gw, "moongate_remote_write_samples_dropped_total", destination="amp")
     c.check("nothing counted as dropped", not dropped, f"{dropped}")
+
+    def accounted():
+        m = mgtest.fetch_own_metrics(gw.base)
+        v = [mgtest.metric_sum(m, f"moongate_remote_write_samples_{k}", destination="amp") or 0
+             for k in ("in_total", "sent_total", "dropped_total", "pending")]
+        return v if v[0] == v[1] + v[2] + v[3] else None
+    v = poll_until(accounted, 10)
+    c.check("metrics add up: samples in == sent + dropped + pending", v, f"{v}")
     mgtest.stop_gateway(c, "outage: exits 0 on SIGTERM", gw)
 
 
