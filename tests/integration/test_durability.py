@@ -138,7 +138,8 @@ def outage_60s(c, h):
         refused = list(out.refused)
     log(f"outage over: buffer {buf / 1e6:.1f} MB, {pend:.0f} samples pending, {len(refused)} requests refused, "
         f"RSS samples (MiB) {[round(r / 1024) for r in rss]}")
-    c.check("the backlog is on disk during the outage (buffer_bytes > 1 MB)", buf and buf > 1e6, f"{buf}")
+    c.check("the backlog is on disk during the outage (buffer_bytes > 40 kB per second down)",
+            buf and buf > OUTAGE_S * 40e3, f"{buf}")
     # Backoff: with max_backoff 2s (jitter halves it at most) one shard
     # retries at most every second or so, never in a tight loop.
     gaps = [b - a for a, b in zip(refused, refused[1:])]
