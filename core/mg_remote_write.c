@@ -39,8 +39,11 @@
 #define MAX_RETRY_AFTER_MS (5u * 60u * 1000u)
 #define MAX_ERROR_BODY_LOG 512
 
-/* How often the durable buffer is fsynced and its figures published. */
+/* How often the durable buffer is fsynced and its figures published, and
+ * how often its acknowledgements are checkpointed (after a crash, what was
+ * delivered since the last checkpoint is sent again). */
 #define BUFFER_SYNC_MS 1000u
+#define BUFFER_CHECKPOINT_MS 10000u
 /* Resharding: how often the shard count is reconsidered (10 s, as
  * Prometheus), the busy fraction it aims at, and how far below the count
  * the need must fall before shards are given back. */
@@ -539,6 +542,7 @@ int mg_dest_open_buffer(mg_dest_t *d, const char *data_dir, bool wait_if_busy) {
       .max_age_ms = d->conf->buffer.max_age_ms,
       .nshards = d->nshards,
       .name = d->conf->name,
+      .checkpoint_ms = BUFFER_CHECKPOINT_MS,
   };
   uv_timer_init(d->loop, &d->sync_timer);
   d->sync_timer.data = d;
@@ -562,14 +566,28 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   mg_dest_t *d = s->d;
   uint64_t order_id = 0;
   if (d->wal) {
-    int rc = mg_wal_append(d->wal, s->idx, data, len, nsamples, NULL);
+    /* An idle shard sends the batch it just appended (the WAL hands it out
+     * at once when that keeps the order), without reading it back. */
+    record_t *mine = !s->cur && !s->head && s->idx < d->nshards ? mg_malloc(sizeof *mine) : NULL;
+    bool taken = false;
+    uint64_t id = 0;
+    int rc = mine ? mg_wal_append_take(d->wal, s->idx, data, len, nsamples, &id, &taken)
+                  : mg_wal_append(d->wal, s->idx, data, len, nsamples, NULL);
     if (rc == 0) {
-      mg_free(data);
+      if (taken) {
+        *mine = (record_t){.nsamples = nsamples, .len = len, .data = data, .wal_id = id, .epoch = d->epoch};
+        s->cur = mine;
+        queued_add(d, (int64_t)len);
+      } else {
+        mg_free(mine);
+        mg_free(data);
+      }
       mg_metric_set(d->m_buf_degraded, 0);
       if (mg_wal_sync_wanted(d->wal)) start_sync(d);
       kick(s);
       return;
     }
+    mg_free(mine);
     /* Disk full, read-only, quota (logged by mg_wal): keep it in memory,
      * after every WAL record appended so far. */
     mg_wal_stats_t st;

@@ -124,6 +124,7 @@ struct mg_wal {
   uint32_t ntags;
   uint64_t next_id, pending_records, pending_samples;
   uint64_t ack_gen, ckpt_gen; /* finishes so far; value in the last checkpoint */
+  uint64_t last_ckpt_ms;      /* when the last checkpoint was started (opts.checkpoint_ms) */
   uint64_t max_done_id;       /* highest id finished: bounds the range scan */
   uint64_t protect_from;      /* lowest name of a segment left alone (MAX_ID if none) */
   uint64_t written, synced, sync_attempted; /* bytes since open */
@@ -588,17 +589,47 @@ static int append_locked(mg_wal_t *w, uint32_t shard, const void *data, size_t l
   return 0;
 }
 
-int mg_wal_append(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id) {
+static int append(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id,
+                  bool *taken) {
   if (id) *id = 0;
+  if (taken) *taken = false;
   if (!w || shard >= w->o.nshards || (!data && len)) return MG_EINVAL;
   if (len > w->max_record) return MG_ETOOBIG;
   pthread_mutex_lock(&w->mu);
   uint64_t now = wall_ms(w);
   maybe_expire(w, now, false);
   int rc = append_locked(w, shard, data, len, nsamples, now, id);
+  if (rc == 0 && taken) {
+    /* Hand it out only if reader shard has nothing older pending (from
+     * its cursor on) and the reshard barrier does not hold it. */
+    uint64_t pos = w->rtail - 1;
+    entry_t *e = at(w, pos);
+    bool ok = !blocked(w, e);
+    for (uint64_t p = w->cursor[shard] > w->rhead ? w->cursor[shard] : w->rhead; ok && p < pos; p++) {
+      const entry_t *x = at(w, p);
+      ok = !(x->state == E_PENDING && x->tag % w->o.nshards == shard);
+    }
+    if (ok) {
+      e->state = E_HANDED;
+      w->cursor[shard] = pos + 1;
+      *taken = true;
+    }
+  }
   pop_front(w);
   maybe_shrink(w);
   pthread_mutex_unlock(&w->mu);
+  return rc;
+}
+
+int mg_wal_append(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id) {
+  return append(w, shard, data, len, nsamples, id, NULL);
+}
+
+int mg_wal_append_take(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id,
+                       bool *taken) {
+  bool t = false;
+  int rc = append(w, shard, data, len, nsamples, id, &t);
+  if (taken) *taken = t;
   return rc;
 }
 
@@ -1353,7 +1384,11 @@ fail:
 
 /* ---- sync ---- */
 
-int mg_wal_sync(mg_wal_t *w) {
+static int sync_impl(mg_wal_t *w, bool force_ckpt);
+
+int mg_wal_sync(mg_wal_t *w) { return sync_impl(w, false); }
+
+static int sync_impl(mg_wal_t *w, bool force_ckpt) {
   if (!w) return MG_EINVAL;
   pthread_mutex_lock(&w->sync_mu);
   int err = 0, ckerr = 0;
@@ -1392,7 +1427,10 @@ int mg_wal_sync(mg_wal_t *w) {
       dead = w->dead;
       w->dead = NULL;
       pop_front(w);
-      if (w->ack_gen != w->ckpt_gen) {
+      uint64_t now = wall_ms(w);
+      bool due = force_ckpt || dead || !w->o.checkpoint_ms || now - w->last_ckpt_ms >= w->o.checkpoint_ms;
+      if (w->ack_gen != w->ckpt_gen && due) {
+        w->last_ckpt_ms = now;
         ckpt = true;
         gen = w->ack_gen;
         w->job_ckpt_len = build_checkpoint(w, w->job_ckpt);
@@ -1456,6 +1494,6 @@ void mg_wal_stats(mg_wal_t *w, mg_wal_stats_t *st) {
 
 void mg_wal_close(mg_wal_t *w) {
   if (!w) return;
-  (void)mg_wal_sync(w);
+  (void)sync_impl(w, true);
   wal_free(w);
 }

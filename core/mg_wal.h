@@ -90,6 +90,13 @@ typedef struct mg_wal_opts {
   void *clock_ud;
   /* Shown in log lines (the destination name); NULL = the directory. */
   const char *name;
+  /* Write the checkpoint (acknowledgements) at most this often; syncs in
+   * between only fsync appends. 0 = at every sync. A checkpoint is still
+   * written before finished segments are unlinked and by mg_wal_close.
+   * After a crash, records acked since the last checkpoint are returned
+   * again: a longer interval means more resent after a crash and fewer
+   * fsyncs (a checkpoint costs two) while running. */
+  uint64_t checkpoint_ms;
 } mg_wal_opts_t;
 
 /* A record handed out by mg_wal_next. */
@@ -145,6 +152,16 @@ int mg_wal_open(const char *dir, const mg_wal_opts_t *opts, mg_wal_t **out);
  * write_errors, stats.degraded set until an append succeeds; nothing was
  * appended and earlier records are intact: keep the batch in memory). */
 int mg_wal_append(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id);
+
+/* mg_wal_append that also hands the record out to reader shard at once
+ * when that keeps the order: nothing older is pending for that reader and
+ * the reshard barrier does not hold it. *taken says whether it was handed
+ * out (then treat it as returned by mg_wal_next: send the caller's copy of
+ * data, ack the id); otherwise it waits like any appended record. Saves
+ * reading back a record the caller still holds. Errors as mg_wal_append
+ * (*taken false). */
+int mg_wal_append_take(mg_wal_t *w, uint32_t shard, const void *data, size_t len, uint32_t nsamples, uint64_t *id,
+                       bool *taken);
 
 /* Hand out the oldest record of reader shard that is not acknowledged and
  * not handed out yet, into *rec (the caller owns rec->data). before_id != 0

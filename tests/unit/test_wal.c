@@ -909,6 +909,77 @@ MG_TEST(reshard_in_process) {
   rm_rf(root);
 }
 
+/* append_take hands a record out at once only when that keeps the order. */
+MG_TEST(append_take_keeps_order) {
+  char *root = tmpdir();
+  REQUIRE(root);
+  mg_wal_t *w = NULL;
+  mg_wal_opts_t o = opts_small();
+  o.nshards = 2;
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  char buf[1000];
+  uint64_t id = 0;
+  bool taken = false;
+  fill(1, buf, plen(1));
+  CHECK_INT(mg_wal_append_take(w, 0, buf, plen(1), 1, &id, &taken), 0);
+  CHECK(taken);
+  CHECK_U64(id, 1);
+  mg_wal_record_t r;
+  CHECK_INT(mg_wal_next(w, 0, 0, &r), MG_EAGAIN); /* already handed out */
+  CHECK_INT(app(w, 0, 2, NULL), 0);                /* waits */
+  fill(3, buf, plen(3));
+  CHECK_INT(mg_wal_append_take(w, 0, buf, plen(3), 1, &id, &taken), 0);
+  CHECK(!taken); /* 2 is older and pending */
+  fill(4, buf, plen(4));
+  CHECK_INT(mg_wal_append_take(w, 1, buf, plen(4), 1, &id, &taken), 0);
+  CHECK(taken); /* reader 1 has nothing older */
+  uint64_t ids[8];
+  int bad = 0;
+  CHECK_INT(drain(w, 0, ids, 8, true, &bad), 2);
+  CHECK_U64(ids[0], 2);
+  CHECK_U64(ids[1], 3);
+  CHECK_INT(mg_wal_ack(w, 1), 0);
+  CHECK_INT(mg_wal_ack(w, 4), 0);
+  mg_wal_stats_t st;
+  mg_wal_stats(w, &st);
+  CHECK_U64(st.pending_records, 0);
+  mg_wal_close(w);
+  rm_rf(root);
+}
+
+/* checkpoint_ms: syncs between checkpoints leave it alone; close writes it. */
+MG_TEST(checkpoint_interval) {
+  char *root = tmpdir();
+  REQUIRE(root);
+  mg_wal_t *w = NULL;
+  mg_wal_opts_t o = opts_small();
+  o.checkpoint_ms = 3600u * 1000u;
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  char ck[600];
+  snprintf(ck, sizeof ck, "%s/checkpoint", wal_path(root));
+  for (uint64_t k = 1; k <= 4; k++) CHECK_INT(app(w, 0, k, NULL), 0);
+  CHECK_INT(mg_wal_ack(w, 1), 0);
+  CHECK_INT(mg_wal_sync(w), 0); /* the first checkpoint of the run is due */
+  long first = file_size(ck);
+  CHECK(first > 0);
+  struct stat a, b;
+  REQUIRE(stat(ck, &a) == 0);
+  CHECK_INT(mg_wal_ack(w, 2), 0);
+  CHECK_INT(mg_wal_sync(w), 0); /* not due: the file is not replaced */
+  REQUIRE(stat(ck, &b) == 0);
+  CHECK_U64((uint64_t)a.st_ino, (uint64_t)b.st_ino);
+  mg_wal_close(w); /* forced */
+  REQUIRE(stat(ck, &b) == 0);
+  CHECK((uint64_t)a.st_ino != (uint64_t)b.st_ino);
+  REQUIRE(mg_wal_open(wal_path(root), &o, &w) == 0);
+  uint64_t ids[8];
+  int bad = 0;
+  CHECK_INT(drain(w, 0, ids, 8, false, &bad), 2); /* 3 and 4: the acks of 1 and 2 survived */
+  CHECK_U64(ids[0], 3);
+  mg_wal_close(w);
+  rm_rf(root);
+}
+
 MG_TEST(one_process_per_directory) {
   char *root = tmpdir();
   REQUIRE(root);
