@@ -6,6 +6,7 @@
  * call the update callback after stop. */
 #include "mg_sd_ec2.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -977,10 +978,16 @@ static int instance_labels(const mg_sd_ec2_page_opts_t *o, const inst_t *in, mg_
   return rc;
 }
 
+static bool ip_literal(const char *s) {
+  unsigned char b[16];
+  return inet_pton(AF_INET, s, b) == 1 || inet_pton(AF_INET6, s, b) == 1;
+}
+
 /* An instance element ended: a target if it has a private IP. */
 static int emit_instance(page_t *pg) {
   const char *ip = pg->in.f[F_PRIVATE_IP];
   if (!ip || !ip[0]) return 0; /* stopped or terminated: nothing to scrape */
+  if (!ip_literal(ip)) return 0; /* not an address ("[0.0.0.4"): it would make a broken __address__ */
   if (pg->ts->n >= (pg->o->max_targets ? pg->o->max_targets : MG_CONF_MAX_TARGETS)) return MG_ETOOBIG;
   char addr[320];
   snprintf(addr, sizeof addr, strchr(ip, ':') ? "[%.256s]:%u" : "%.256s:%u", ip, pg->o->port);

@@ -42,7 +42,8 @@ typedef struct mg_sd_ec2_page_opts {
 } mg_sd_ec2_page_opts_t;
 
 /* One DescribeInstances answer (a DescribeInstancesResponse document):
- * appends to ts a target per instance that has a private IP, with
+ * appends to ts a target per instance whose private IP is an address
+ * literal (IPv4, or IPv6 bracketed in __address__), with
  * Prometheus's __meta_ec2_* labels, and sets *next_token (owned; NULL on
  * the last page). Returns 0; MG_EPARSE (another document, or not XML:
  * *err says where when it is the XML); MG_ETOOBIG (past max_targets, or

@@ -848,6 +848,20 @@ MG_TEST(ec2_page_parser_edges) {
   CHECK_STR(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_tag_a_b"), "2");
   CHECK(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_tag_nokey_value") == NULL);
   CHECK(mg_kvs_get(&ts.v[0].labels, "__meta_ec2_owner_id") == NULL); /* no ownerId in the reservation */
+  /* A private IP that is no address literal makes no target (fuzz_sd_ec2
+   * found "[0.0.0.4" turning into the address "[0.0.0.4:80"). */
+  const char *odd = "<DescribeInstancesResponse><reservationSet><item><instancesSet>"
+                    "<item><instanceId>i-2</instanceId><privateIpAddress>[0.0.0.4</privateIpAddress></item>"
+                    "<item><instanceId>i-3</instanceId><privateIpAddress>10.0.0.5]</privateIpAddress></item>"
+                    "<item><instanceId>i-4</instanceId><privateIpAddress>ip-10-0-0-6</privateIpAddress></item>"
+                    "<item><instanceId>i-5</instanceId><privateIpAddress>10.0.0.7</privateIpAddress></item>"
+                    "</instancesSet></item></reservationSet></DescribeInstancesResponse>";
+  mg_sd_targets_t ts_odd = {0};
+  CHECK_INT(mg_sd_ec2_parse_instances(odd, strlen(odd), &o, &ts_odd, &tok, &xe), 0);
+  REQUIRE(ts_odd.n == 1);
+  CHECK_STR(ts_odd.v[0].address, "10.0.0.7:80");
+  CHECK_STR(mg_kvs_get(&ts_odd.v[0].labels, "__meta_ec2_instance_id"), "i-5");
+  mg_sd_targets_cleanup(&ts_odd);
   /* Past max_targets. */
   o.max_targets = 2;
   CHECK_INT(mg_sd_ec2_parse_instances(page1_xml, strlen(page1_xml), &o, &ts, &tok, &xe), MG_ETOOBIG);
