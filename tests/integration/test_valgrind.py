@@ -15,7 +15,8 @@ durable buffer (the default):
 2. a Lua script with relabel rules and the relabel and route hooks (a
    second destination, mg.file, gets what the route hook sends there): the
    WAL of run 1 is replayed at start-up and delivered, then SIGHUP, an
-   outage and SIGTERM.
+   outage and SIGTERM, after which everything queued is delivered
+   (--drain-timeout 20s) before the exit.
 
 Each run must exit 0 (valgrind exits 99 on any error, leaks of kind
 definite or indirect included) and its log must say "ERROR SUMMARY: 0
@@ -86,11 +87,11 @@ def sanitizer_build(path):
     return b"__asan_init" in data or b"__ubsan_handle" in data
 
 
-def start_under_valgrind(h, name, config, data_dir):
+def start_under_valgrind(h, name, config, data_dir, drain):
     port = mgtest.free_port()
     vlog = h.path(f"{name}.valgrind.log")
     argv = valgrind_argv(vlog) + [os.path.abspath(mgtest.MOONGATE_BIN), "run", config, "--listen", f"127.0.0.1:{port}",
-                                  "--data-dir", data_dir, "--log-level", "info", "--drain-timeout", "1s"]
+                                  "--data-dir", data_dir, "--log-level", "info", "--drain-timeout", drain]
     pr = h.start(name, argv)
     pr.base = f"http://127.0.0.1:{port}"
     pr.vlog = vlog
@@ -271,7 +272,7 @@ end
 def run_yml(c, h, node, fake, rx, pol, data_dir):
     name = "yml"
     conf = yml_config(h, node, fake.addr, rx)
-    pr = start_under_valgrind(h, "moongate-yml", conf, data_dir)
+    pr = start_under_valgrind(h, "moongate-yml", conf, data_dir, "1s")
     wait_for("yml: node samples at the receiver", lambda: rx.find("up", job="node"), SLOW)
     wait_for("yml: fake samples at the receiver", lambda: rx.find("good_requests_total", job="fake"), SLOW)
     c.check("yml: both jobs delivered", True)
@@ -296,7 +297,7 @@ def run_lua(c, h, node, fake, rx, pol, data_dir):
     dump = h.path("dump.prom")
     conf = lua_config(h, node, fake.addr, rx, dump)
     t_start = mgtest.now_ms()
-    pr = start_under_valgrind(h, "moongate-lua", conf, data_dir)
+    pr = start_under_valgrind(h, "moongate-lua", conf, data_dir, "20s")
     opened = [e for e in mgtest.log_events(pr.stderr(), "buffer_open") if e.get("destination") == "rx"]
     recovered = int(opened[0].get("recovered_samples", "0")) if opened else 0
     c.check("lua: the WAL left by run 1 is recovered at start-up", recovered > 0,
