@@ -12,6 +12,10 @@
 
 #include "mg_err.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 /* ---- character classes ------------------------------------------------ */
 
 enum {
@@ -52,6 +56,19 @@ static inline uint64_t bytes_eq(uint64_t x, uint8_t b) {
 }
 
 static const char *scan_value(const char *p, const char *end) {
+#ifdef __SSE2__
+  /* Sixteen bytes a step where SSE2 exists (every x86-64): compare against
+   * the three special bytes; the sign bit of the data itself marks >= 0x80. */
+  const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), nl = _mm_set1_epi8('\n');
+  while (end - p >= 16) {
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+                             _mm_or_si128(_mm_cmpeq_epi8(x, nl), x));
+    unsigned bits = (unsigned)_mm_movemask_epi8(m);
+    if (bits) return p + __builtin_ctz(bits);
+    p += 16;
+  }
+#endif
   while (end - p >= 8) {
     uint64_t x;
     memcpy(&x, p, sizeof x);
@@ -66,6 +83,38 @@ static const char *scan_value(const char *p, const char *end) {
     p += 8;
   }
   while (p < end && !(CL(p) & C_LVSPEC)) p++;
+  return p;
+}
+
+#ifdef __SSE2__
+/* Bytes of x in [lo, hi]; both below 0x80, so the signed compares leave
+ * bytes >= 0x80 out. */
+static inline __m128i in_range(__m128i x, char lo, char hi) {
+  return _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8((char)(lo - 1))), _mm_cmplt_epi8(x, _mm_set1_epi8((char)(hi + 1))));
+}
+
+/* Mask of the bytes of p[0..16) in [a-zA-Z0-9_], plus ':' when colon. */
+static inline unsigned name_bytes16(const char *p, bool colon) {
+  __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+  __m128i m = _mm_or_si128(in_range(_mm_or_si128(x, _mm_set1_epi8(0x20)), 'a', 'z'), in_range(x, '0', '9'));
+  m = _mm_or_si128(m, _mm_cmpeq_epi8(x, _mm_set1_epi8('_')));
+  if (colon) m = _mm_or_si128(m, _mm_cmpeq_epi8(x, _mm_set1_epi8(':')));
+  return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
+/* First byte at or after p that cannot continue a metric name (colon) or a
+ * label name. Metric names are a sixth of a typical body. */
+static inline const char *scan_name(const char *p, const char *end, bool colon) {
+#ifdef __SSE2__
+  while (end - p >= 16) {
+    unsigned out = ~name_bytes16(p, colon) & 0xffffu;
+    if (out) return p + __builtin_ctz(out);
+    p += 16;
+  }
+#endif
+  unsigned cls_mask = colon ? C_MCHAR : C_LCHAR;
+  while (p < end && (CL(p) & cls_mask)) p++;
   return p;
 }
 
@@ -402,11 +451,15 @@ static const char *bad_token_at(const char *tok, size_t n) {
  * stored in out (NULL: validate only, for exemplars). The text format allows
  * blanks around every token and a missing comma, as Prometheus' lexer does;
  * OpenMetrics allows neither. Both allow a trailing comma. */
-static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t *out, size_t *nout) {
+static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t *out, size_t *nout,
+                        bool *sorted) {
   const char *p = *pp + 1, *end = st->end;
   size_t n = 0;
+  bool asc = true;
+  /* Blanks between tokens are rare: each skip_blank below is guarded by a
+   * test for the byte that usually stands there. */
   for (;;) {
-    if (!om) p = skip_blank(p, end);
+    if (!om && p < end && (*p == ' ' || *p == '\t')) p = skip_blank(p, end);
     if (p < end && *p == '}') {
       p++;
       break;
@@ -414,12 +467,12 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
     if (p >= end) return fail(st, p, "unterminated label set");
     if (!(CL(p) & C_LSTART)) return fail(st, p, "invalid label name");
     const char *name = p++;
-    while (p < end && (CL(p) & C_LCHAR)) p++;
+    p = scan_name(p, end, false);
     size_t nlen = (size_t)(p - name);
-    if (!om) p = skip_blank(p, end);
+    if (!om && p < end && *p != '=') p = skip_blank(p, end);
     if (p >= end || *p != '=') return fail(st, p, "expected '=' after label name");
     p++;
-    if (!om) p = skip_blank(p, end);
+    if (!om && p < end && *p != '"') p = skip_blank(p, end);
     if (p >= end || *p != '"') return fail(st, p, "expected '\"' to open label value");
     const char *open = p++;
     const char *vstart = p;
@@ -457,6 +510,7 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
       if (nlen == 8 && memcmp(name, "__name__", 8) == 0)
         return fail(st, name, "duplicate label name (__name__ is set by the metric name)");
       if (n == MG_PARSE_MAX_LABELS) return fail(st, name, "too many labels");
+      if (n && asc && mg_str_cmp(out[n - 1].name, mg_str_n(name, nlen)) >= 0) asc = false;
       out[n].name = mg_str_n(name, nlen);
       out[n].value = mg_str_n(vstart, (size_t)(p - vstart));
       out[n].escaped = esc;
@@ -464,7 +518,7 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
     n++;
     p++; /* closing quote */
     if (!om) {
-      p = skip_blank(p, end);
+      if (p < end && *p != ',' && *p != '}') p = skip_blank(p, end);
       if (p < end && *p == ',') p++;
     } else if (p < end && *p == ',') {
       p++;
@@ -474,6 +528,7 @@ static int parse_labels(pstate_t *st, const char **pp, bool om, mg_parse_label_t
   }
   *pp = p;
   if (nout) *nout = n;
+  if (sorted) *sorted = asc;
   return 0;
 }
 
@@ -518,7 +573,8 @@ static int fail_in_sample(pstate_t *st, const mg_parse_sample_t *s, const char *
 }
 
 static int emit_sample(pstate_t *st, const mg_parse_sample_t *s, const char *ls0) {
-  if (s->nlabels > 1) {
+  /* Names in strictly rising order cannot repeat. */
+  if (s->nlabels > 1 && !s->sorted) {
     long d = find_duplicate(st->labels, s->nlabels);
     if (d >= 0) return fail_in_sample(st, s, ls0, st->labels[d].name.p, "duplicate label name");
   }
@@ -600,15 +656,16 @@ static int text_sample(pstate_t *st, const char **pp) {
   mg_parse_sample_t s;
   if (!(CL(p) & C_MSTART)) return fail(st, p, "invalid metric name");
   const char *name = p++;
-  while (p < end && (CL(p) & C_MCHAR)) p++;
+  p = scan_name(p, end, true);
   s.name = mg_str_n(name, (size_t)(p - name));
   s.series = s.name;
   s.labels = st->labels;
   s.nlabels = 0;
+  s.sorted = true;
   s.line = st->line;
-  p = skip_blank(p, end);
+  if (p < end && *p != '{') p = skip_blank(p, end);
   if (p < end && *p == '{') {
-    int rc = parse_labels(st, &p, false, st->labels, &s.nlabels);
+    int rc = parse_labels(st, &p, false, st->labels, &s.nlabels, &s.sorted);
     if (rc) return rc;
     s.series.n = (size_t)(p - name);
     p = skip_blank(p, end);
@@ -775,7 +832,7 @@ static int om_timestamp(const char *t, size_t n, int64_t *ms) {
  * the exemplar and leaves *pp at the newline. */
 static int om_exemplar(pstate_t *st, const char **pp) {
   const char *p = *pp + 2, *end = st->end; /* at '{' (checked by caller) */
-  int rc = parse_labels(st, &p, true, NULL, NULL);
+  int rc = parse_labels(st, &p, true, NULL, NULL, NULL);
   if (rc) return rc;
   if (p >= end) return fail(st, p, MSG_NO_EOF);
   if (*p != ' ') return fail(st, p, "expected value after exemplar labels");
@@ -807,14 +864,15 @@ static int om_sample(pstate_t *st, const char **pp) {
   if (*p == '\n') return fail(st, p, "empty line (not allowed in OpenMetrics)");
   if (!(CL(p) & C_MSTART)) return fail(st, p, "invalid metric name");
   const char *name = p++;
-  while (p < end && (CL(p) & C_MCHAR)) p++;
+  p = scan_name(p, end, true);
   s.name = mg_str_n(name, (size_t)(p - name));
   s.series = s.name;
   s.labels = st->labels;
   s.nlabels = 0;
+  s.sorted = true;
   s.line = st->line;
   if (p < end && *p == '{') {
-    int rc = parse_labels(st, &p, true, st->labels, &s.nlabels);
+    int rc = parse_labels(st, &p, true, st->labels, &s.nlabels, &s.sorted);
     if (rc) return rc;
     s.series.n = (size_t)(p - name);
   }

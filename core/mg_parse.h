@@ -48,6 +48,7 @@ typedef struct mg_parse_sample {
   mg_str_t name;
   const mg_parse_label_t *labels; /* body order, valid during the callback */
   size_t nlabels;
+  bool sorted; /* label names strictly rising in body order (so none repeats) */
   double value;
   bool has_timestamp;
   int64_t timestamp_ms; /* text: integer ms; OpenMetrics: seconds converted to ms */

@@ -234,7 +234,9 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
     snprintf(c->err, sizeof c->err, "out of memory building labels");
     return MG_ENOMEM;
   }
-  int sorted = 1;
+  /* The parser tells whether the page listed the names in order; then only
+   * __name__ against the first one is left to check. */
+  bool sorted = ps->sorted && (ps->nlabels == 0 || mg_str_cmp(parsed[0].name, ps->labels[0].name) < 0);
   for (size_t i = 0; i < ps->nlabels; i++) {
     const mg_parse_label_t *pl = &ps->labels[i];
     if (job->label_name_length_limit && pl->name.n > job->label_name_length_limit) {
@@ -256,9 +258,7 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
     }
     /* Empty values stay until the merge: honor_labels asks whether the
      * page has the label at all, as Prometheus does (lset.Has). */
-    parsed[np] = (mg_label_t){pl->name, v};
-    if (mg_str_cmp(parsed[np - 1].name, pl->name) >= 0) sorted = 0;
-    np++;
+    parsed[np++] = (mg_label_t){pl->name, v};
   }
   if (!sorted) sort_labels(parsed, np);
 
@@ -364,6 +364,7 @@ static int stage_final(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_
 
 static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *stage1, size_t n1, double v,
                  int64_t ts) {
+  if (!c->t->s->next) return stage_final(c, hash, dests, stage1, n1, v, ts);
   mg_label_t labels[MAX_SERIES_LABELS];
   size_t n = with_external(c->t->s, stage1, n1, labels);
   return stage_final(c, hash, dests, labels, n, v, ts);

@@ -7,13 +7,6 @@
 
 #include "mg_mem.h"
 
-int mg_str_cmp(mg_str_t a, mg_str_t b) {
-  size_t n = a.n < b.n ? a.n : b.n;
-  int c = n ? memcmp(a.p, b.p, n) : 0;
-  if (c) return c;
-  return a.n < b.n ? -1 : a.n > b.n;
-}
-
 bool mg_str_has_prefix(mg_str_t s, const char *prefix) {
   size_t n = strlen(prefix);
   return s.n >= n && memcmp(s.p, prefix, n) == 0;

@@ -27,8 +27,16 @@ typedef struct mg_label {
   mg_str_t value;
 } mg_label_t;
 
-/* Byte-wise comparison (the order remote write requires for label names). */
-int mg_str_cmp(mg_str_t a, mg_str_t b);
+/* Byte-wise comparison (the order remote write requires for label names).
+ * Inline: label names are compared on every sample, and most pairs differ
+ * in their first byte. */
+static inline int mg_str_cmp(mg_str_t a, mg_str_t b) {
+  if (a.n && b.n && a.p[0] != b.p[0]) return (unsigned char)a.p[0] < (unsigned char)b.p[0] ? -1 : 1;
+  size_t n = a.n < b.n ? a.n : b.n;
+  int c = n ? memcmp(a.p, b.p, n) : 0;
+  if (c) return c;
+  return a.n < b.n ? -1 : a.n > b.n;
+}
 bool mg_str_has_prefix(mg_str_t s, const char *prefix);
 
 /* UTF-8 (the rules of Go's utf8.Valid: no overlongs, no surrogates,

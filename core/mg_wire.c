@@ -4,6 +4,7 @@
 #include "mg_wire.h"
 
 #include <snappy-c.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "mg_err.h"
@@ -53,10 +54,39 @@ static inline uint8_t *put_varint(uint8_t *p, uint64_t v) {
   return p;
 }
 
+/* Label names and most values are short: copy them with a few fixed-size
+ * moves (two that may overlap) instead of a call into libc. Writes exactly
+ * n bytes. */
+static inline void copy_bytes(uint8_t *d, const char *s, size_t n) {
+  if (n > 16) {
+    memcpy(d, s, n);
+  } else if (n >= 8) {
+    uint64_t a, b;
+    memcpy(&a, s, 8);
+    memcpy(&b, s + n - 8, 8);
+    memcpy(d, &a, 8);
+    memcpy(d + n - 8, &b, 8);
+  } else if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + n - 4, 4);
+    memcpy(d, &a, 4);
+    memcpy(d + n - 4, &b, 4);
+  } else if (n >= 2) {
+    uint16_t a, b;
+    memcpy(&a, s, 2);
+    memcpy(&b, s + n - 2, 2);
+    memcpy(d, &a, 2);
+    memcpy(d + n - 2, &b, 2);
+  } else if (n) {
+    *d = (uint8_t)*s;
+  }
+}
+
 static inline uint8_t *put_bytes(uint8_t *p, uint8_t tag, mg_str_t s) {
   *p++ = tag;
   p = put_varint(p, s.n);
-  memcpy(p, s.p, s.n);
+  copy_bytes(p, s.p, s.n);
   return p + s.n;
 }
 
@@ -66,9 +96,18 @@ static inline size_t label_body_len(const mg_label_t *l) {
 
 int mg_wire_append_series(mg_buf_t *b, const mg_label_t *labels, size_t n, double value, int64_t ts_ms) {
   size_t body = 0;
+  /* Nearly every label has a name and value under 128 bytes and fits a
+   * Label message under 128 bytes: then every length is one varint byte. */
+  bool short_labels = true;
   for (size_t i = 0; i < n; i++) {
-    size_t lb = label_body_len(&labels[i]);
-    body += 1 + varint_len(lb) + lb;
+    size_t nn = labels[i].name.n, vn = labels[i].value.n;
+    if (nn + vn < 124) {
+      body += 6 + nn + vn; /* tag, len, name tag, name len, value tag, value len */
+    } else {
+      short_labels = false;
+      size_t lb = label_body_len(&labels[i]);
+      body += 1 + varint_len(lb) + lb;
+    }
   }
   /* int64 varints encode negative values as 10 bytes (two's complement). */
   size_t sample_len = 1 + 8 + 1 + varint_len((uint64_t)ts_ms);
@@ -79,11 +118,27 @@ int mg_wire_append_series(mg_buf_t *b, const mg_label_t *labels, size_t n, doubl
   uint8_t *p = (uint8_t *)b->data + b->len;
   *p++ = TAG_WR_TIMESERIES;
   p = put_varint(p, body);
-  for (size_t i = 0; i < n; i++) {
-    *p++ = TAG_TS_LABEL;
-    p = put_varint(p, label_body_len(&labels[i]));
-    p = put_bytes(p, TAG_LABEL_NAME, labels[i].name);
-    p = put_bytes(p, TAG_LABEL_VALUE, labels[i].value);
+  if (short_labels) {
+    for (size_t i = 0; i < n; i++) {
+      size_t nn = labels[i].name.n, vn = labels[i].value.n;
+      p[0] = TAG_TS_LABEL;
+      p[1] = (uint8_t)(4 + nn + vn);
+      p[2] = TAG_LABEL_NAME;
+      p[3] = (uint8_t)nn;
+      copy_bytes(p + 4, labels[i].name.p, nn);
+      p += 4 + nn;
+      p[0] = TAG_LABEL_VALUE;
+      p[1] = (uint8_t)vn;
+      copy_bytes(p + 2, labels[i].value.p, vn);
+      p += 2 + vn;
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      *p++ = TAG_TS_LABEL;
+      p = put_varint(p, label_body_len(&labels[i]));
+      p = put_bytes(p, TAG_LABEL_NAME, labels[i].name);
+      p = put_bytes(p, TAG_LABEL_VALUE, labels[i].value);
+    }
   }
   *p++ = TAG_TS_SAMPLE;
   p = put_varint(p, sample_len);

@@ -21,6 +21,7 @@ typedef struct rec_sample {
   mg_str_t series, name;
   mg_parse_label_t labels[REC_MAX_LABELS];
   size_t nlabels;
+  bool sorted;
   double value;
   bool has_ts;
   int64_t ts;
@@ -44,6 +45,7 @@ static int rec_on_sample(void *ud, const mg_parse_sample_t *s) {
     o->series = s->series;
     o->name = s->name;
     o->nlabels = s->nlabels;
+    o->sorted = s->sorted;
     for (size_t i = 0; i < s->nlabels && i < REC_MAX_LABELS; i++) o->labels[i] = s->labels[i];
     o->value = s->value;
     o->has_ts = s->has_timestamp;
@@ -529,6 +531,74 @@ MG_TEST(duplicate_labels_and_limits) {
   size_t n = make_labels_line(buf, sizeof buf, MG_PARSE_MAX_LABELS + 1, -1, MG_FMT_PROM_TEXT);
   CHECK_INT(mg_parse(buf, n, MG_FMT_PROM_TEXT, &rec_cb, r, &e), MG_EPARSE);
   CHECK_STR(e.msg, "too many labels");
+  rec_free(r);
+}
+
+/* Names are scanned sixteen bytes at a time where SSE2 exists: every
+ * length around the block size, every byte class, and a stop byte at every
+ * position must give the same views as a byte-wise scan. */
+MG_TEST(name_scan_every_length) {
+  static const char mchars[] = "abzAZ09_:yY";
+  static const char lchars[] = "abzAZ09_yY";
+  rec_t *r = rec_new();
+  mg_parse_error_t e;
+  char body[256], mn[64], ln[64];
+  for (size_t len = 1; len <= 48; len++) {
+    for (size_t i = 0; i < len; i++) {
+      mn[i] = i ? mchars[i % (sizeof mchars - 1)] : 'm';
+      ln[i] = i ? lchars[i % (sizeof lchars - 1)] : 'l';
+    }
+    int n = snprintf(body, sizeof body, "%.*s{%.*s=\"v\"} 1\n", (int)len, mn, (int)len, ln);
+    r->ns = 0;
+    CHECK_INT(mg_parse(body, (size_t)n, MG_FMT_PROM_TEXT, &rec_cb, r, &e), 0);
+    REQUIRE(r->ns == 1);
+    CHECK_INT(r->s[0].name.n, len);
+    CHECK_INT(r->s[0].labels[0].name.n, len);
+    /* A byte outside the class ends the name wherever it stands. */
+    for (size_t at = 1; at < len; at++) {
+      static const char stops[] = {'-', '@', '[', '`', '{', '~', (char)0xc3, (char)0xff, '/'};
+      for (size_t k = 0; k < sizeof stops; k++) {
+        char bad[64];
+        memcpy(bad, ln, len);
+        bad[at] = stops[k];
+        n = snprintf(body, sizeof body, "m{%.*s=\"v\"} 1\n", (int)len, bad);
+        CHECK_INT(mg_parse(body, (size_t)n, MG_FMT_PROM_TEXT, &rec_cb, r, &e), MG_EPARSE);
+        CHECK_INT(e.column, 3 + at);
+      }
+    }
+  }
+  rec_free(r);
+}
+
+/* The sorted flag: strictly rising names in body order, in both formats
+ * and with blanks between tokens; equal or falling neighbours clear it. */
+MG_TEST(sorted_flag) {
+  rec_t *r = rec_new();
+  mg_parse_error_t e;
+  struct {
+    const char *body;
+    bool sorted;
+  } cases[] = {
+      {"m 1\n", true},
+      {"m{} 1\n", true},
+      {"m{a=\"1\"} 1\n", true},
+      {"m{a=\"1\",b=\"2\",bb=\"3\",c=\"4\"} 1\n", true},
+      {"m{ a = \"1\" , b = \"2\" } 1\n", true},
+      {"m{b=\"1\",a=\"2\"} 1\n", false},
+      {"m{bb=\"1\",b=\"2\"} 1\n", false},
+      {"m{a=\"1\",le=\"2\",code=\"3\"} 1\n", false},
+      {"m{B=\"1\",a=\"2\"} 1\n", true}, /* byte order: 'B' < 'a' */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    r->ns = 0;
+    CHECK_INT(run(cases[i].body, MG_FMT_PROM_TEXT, r, &e), 0);
+    CHECK_INT(r->ns, 1);
+    CHECK_INT(r->s[0].sorted, cases[i].sorted);
+  }
+  r->ns = 0;
+  CHECK_INT(run("m{a=\"1\",b=\"2\"} 1\nm{b=\"1\",a=\"2\"} 1\n# EOF\n", MG_FMT_OPENMETRICS, r, &e), 0);
+  CHECK_INT(r->ns, 2);
+  CHECK(r->s[0].sorted && !r->s[1].sorted);
   rec_free(r);
 }
 

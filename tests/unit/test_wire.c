@@ -46,6 +46,33 @@ MG_TEST(series_roundtrip) {
   mg_buf_cleanup(&b);
 }
 
+/* Every name/value length pair around the one-byte-varint fast path (a
+ * Label message under 128 bytes) and the short-copy sizes decodes to the
+ * same bytes. */
+MG_TEST(series_label_lengths) {
+  char name[140], value[140];
+  for (size_t i = 0; i < sizeof name; i++) {
+    name[i] = (char)('a' + i % 26);
+    value[i] = (char)('A' + i % 26);
+  }
+  mg_buf_t b;
+  mg_buf_init(&b, 0);
+  for (size_t nn = 1; nn <= 130; nn++)
+    for (size_t vn = 0; vn <= 130; vn++) {
+      mg_buf_reset(&b);
+      mg_label_t l[] = {{MG_STR_LIT("__name__"), MG_STR_LIT("m")}, {mg_str_n(name, nn), mg_str_n(value, vn)}};
+      REQUIRE(mg_wire_append_series(&b, l, 2, 1.5, 7) == 0);
+      Prometheus__WriteRequest *wr = prometheus__write_request__unpack(NULL, b.len, (const uint8_t *)b.data);
+      REQUIRE(wr != NULL && wr->n_timeseries == 1 && wr->timeseries[0]->n_labels == 2);
+      Prometheus__Label *got = wr->timeseries[0]->labels[1];
+      CHECK_MEM(got->name, strlen(got->name), name, nn);
+      CHECK_MEM(got->value, strlen(got->value), value, vn);
+      CHECK_INT(wr->timeseries[0]->samples[0]->timestamp, 7);
+      prometheus__write_request__free_unpacked(wr, NULL);
+    }
+  mg_buf_cleanup(&b);
+}
+
 MG_TEST(stale_nan_bits) {
   double s = mg_wire_stale_nan();
   CHECK(isnan(s));
