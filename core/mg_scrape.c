@@ -887,6 +887,7 @@ static int process(target_t *t, const char *body, size_t len, const char *ctype,
   /* Staleness: series gone from a good scrape, or everything when down. */
   if (ok && s->nfresh) qsort(s->fresh, s->nfresh, sizeof *s->fresh, fresh_cmp);
   mg_series_sweep(&t->series, !ok, on_series_gone, &c);
+  mg_series_settle(&t->series);
   if (ok) {
     for (size_t i = 0; i < s->nfresh; i++) {
       mg_series_entry_t *e = mg_series_find(&t->series, s->fresh[i].hash);

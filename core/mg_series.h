@@ -59,6 +59,7 @@ typedef struct mg_series_table {
   uint32_t nblocks, blocks_cap;
   mg_buf_t tail;
   uint32_t tail_live;
+  bool tail_added; /* a key went to the tail since the last mg_series_settle */
   size_t cold_raw, cold_garbage;
   mg_buf_t unz;       /* one decompressed block (cache for mg_series_key) */
   uint32_t unz_block; /* which block unz holds; UINT32_MAX: none */
@@ -101,6 +102,13 @@ int mg_series_set_extra(mg_series_table_t *t, mg_series_entry_t *e, const void *
  * NULL. Returns the number removed. */
 typedef void (*mg_series_gone_fn)(void *ud, const mg_series_entry_t *e, mg_str_t key);
 size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, void *ud);
+
+/* After a scrape and its sweep: when no new key arrived since the last
+ * call, the keys still held raw (the tail of the key store, under 64 KiB)
+ * are compressed and the raw and inflate buffers freed, so a target whose
+ * series are stable keeps nothing uncompressed. The next new key reopens
+ * that last block while it has room, so blocks stay large. */
+void mg_series_settle(mg_series_table_t *t);
 
 /* Forget every cached decision (after a reload): routes go back to UNDECIDED. */
 void mg_series_reset_routes(mg_series_table_t *t);

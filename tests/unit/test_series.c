@@ -161,4 +161,76 @@ MG_TEST(compressed_keys) {
   mg_series_cleanup(&t);
 }
 
+static int make_key(char *key, size_t cap, int i) {
+  return snprintf(key, cap, "node_filesystem_avail_bytes{device=\"/dev/vd%d\",fstype=\"ext4\",mountpoint=\"/srv/%d\"}",
+                  i % 26, i);
+}
+
+/* One scrape: series [from, to) seen, the sweep and the settle after it. */
+static void scrape_range(mg_series_table_t *t, int from, int to) {
+  char key[256];
+  bool is_new;
+  mg_series_begin(t);
+  for (int i = from; i < to; i++) {
+    int n = make_key(key, sizeof key, i);
+    mg_series_entry_t *e = mg_series_upsert(t, mg_series_hash(key, (size_t)n, 0), mg_str_n(key, (size_t)n), &is_new);
+    if (e) e->epoch = t->epoch; /* seen, as the scrape marks it */
+  }
+  mg_series_sweep(t, false, NULL, NULL);
+  mg_series_settle(t);
+}
+
+static int bad_keys(mg_series_table_t *t, int from, int to) {
+  char key[256];
+  int bad = 0;
+  for (int i = from; i < to; i++) {
+    int n = make_key(key, sizeof key, i);
+    mg_series_entry_t *e = mg_series_find(t, mg_series_hash(key, (size_t)n, 0));
+    if (!e || !mg_str_eq(mg_series_key(t, e), mg_str_n(key, (size_t)n))) bad++;
+  }
+  return bad;
+}
+
+/* A scrape that adds nothing compresses the raw tail and frees it; the next
+ * new key inflates that short block back instead of starting a new one. */
+MG_TEST(settle_seals_the_tail_and_reopens_it) {
+  mg_series_table_t t;
+  mg_series_init(&t);
+  scrape_range(&t, 0, 300); /* new keys: the tail stays raw */
+  CHECK(t.tail.len > 0);
+  CHECK_INT(t.nblocks, 0);
+  size_t before = mg_series_bytes(&t);
+  scrape_range(&t, 0, 300); /* nothing new: sealed, buffers freed */
+  CHECK_INT(t.tail.len, 0);
+  CHECK_INT(t.tail.cap, 0);
+  CHECK_INT(t.nblocks, 1);
+  CHECK(mg_series_bytes(&t) < before / 2);
+  CHECK_INT(bad_keys(&t, 0, 300), 0);
+  scrape_range(&t, 0, 301); /* one new key: the block is reopened */
+  CHECK_INT(t.nblocks, 0);
+  CHECK(t.tail.len > 0);
+  CHECK_INT(bad_keys(&t, 0, 301), 0);
+  scrape_range(&t, 0, 301);
+  CHECK_INT(t.nblocks, 1);
+  /* Growth past one block in small steps: blocks stay near full, and a
+   * series dropped from a sealed block still hands out its key. */
+  int last = 301;
+  for (int k = 301; k < 3000; k += 37) {
+    scrape_range(&t, 0, k);
+    scrape_range(&t, 0, k);
+    last = k;
+  }
+  CHECK(t.nblocks >= 3);
+  for (uint32_t b = 0; b + 1 < t.nblocks; b++) CHECK(t.blocks[b].raw > 60000);
+  CHECK_INT(bad_keys(&t, 0, last), 0);
+  CHECK_INT(t.count, last);
+  gone_t g = {0};
+  size_t live = t.count;
+  mg_series_begin(&t);
+  CHECK_INT(mg_series_sweep(&t, false, on_gone, &g), live);
+  CHECK_INT(g.n, live);
+  CHECK_INT(t.count, 0);
+  mg_series_cleanup(&t);
+}
+
 MG_TEST_MAIN()
