@@ -1,6 +1,10 @@
-/* mg_series: open addressing with linear probing and backward-shift
- * deletion (no tombstones, so lookups stay short after churn). Keys go to
- * an append-only store that is compacted when half of it is garbage. */
+/* mg_series: entries in a dense array, in the order scrapes first saw them,
+ * found by an open-addressing index of positions. A body lists its series
+ * in the same order scrape after scrape, so a lookup first tries the entry
+ * after the last one found: a sequential walk the prefetcher follows, where
+ * a hash probe would miss the cache once per sample on large targets. A
+ * sweep compacts the array (keeping the order) and rebuilds the index. Keys
+ * go to an append-only store that is compacted when half of it is garbage. */
 #include "mg_series.h"
 
 #include <stdlib.h>
@@ -30,7 +34,8 @@ static void free_blocks(mg_series_table_t *t) {
 }
 
 void mg_series_cleanup(mg_series_table_t *t) {
-  mg_free(t->slots);
+  mg_free(t->ents);
+  mg_free(t->index);
   free_blocks(t);
   mg_buf_cleanup(&t->tail);
   mg_buf_cleanup(&t->unz);
@@ -38,33 +43,47 @@ void mg_series_cleanup(mg_series_table_t *t) {
   memset(t, 0, sizeof *t);
 }
 
-void mg_series_begin(mg_series_table_t *t) { t->epoch++; }
+void mg_series_begin(mg_series_table_t *t) {
+  t->epoch++;
+  t->cursor = 0;
+}
 
-static int grow(mg_series_table_t *t) {
-  uint32_t ncap = t->cap ? t->cap * 2 : 256;
-  if (ncap < t->cap) return -1;
-  mg_series_entry_t *ns = mg_calloc(ncap, sizeof *ns);
-  if (!ns) return -1;
-  for (uint32_t i = 0; i < t->cap; i++) {
-    mg_series_entry_t *e = &t->slots[i];
-    if (!e->hash) continue;
-    uint32_t j = (uint32_t)e->hash & (ncap - 1);
-    while (ns[j].hash) j = (j + 1) & (ncap - 1);
-    ns[j] = *e;
+/* Index slots hold an entry position + 1; 0 is empty. */
+static void index_put(mg_series_table_t *t, uint64_t hash, uint32_t pos) {
+  uint32_t mask = t->idx_cap - 1;
+  uint32_t j = (uint32_t)hash & mask;
+  while (t->index[j]) j = (j + 1) & mask;
+  t->index[j] = pos + 1;
+}
+
+/* Load at most 3/4. */
+static uint32_t index_cap_for(uint32_t n) {
+  uint32_t c = 256;
+  while ((uint64_t)n * 4 > (uint64_t)c * 3) c *= 2;
+  return c;
+}
+
+/* Index every entry again, into a new array of cap slots, or (cap == 0 or
+ * no memory for a new one) into the current one. */
+static void index_rebuild(mg_series_table_t *t, uint32_t cap) {
+  uint32_t *ni = cap && cap != t->idx_cap ? mg_calloc(cap, sizeof *ni) : NULL;
+  if (ni) {
+    mg_free(t->index);
+    t->index = ni;
+    t->idx_cap = cap;
+  } else if (t->index) {
+    memset(t->index, 0, (size_t)t->idx_cap * sizeof *t->index);
   }
-  mg_free(t->slots);
-  t->slots = ns;
-  t->cap = ncap;
-  return 0;
+  for (uint32_t i = 0; i < t->count; i++) index_put(t, t->ents[i].hash, i);
 }
 
 mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash) {
-  if (!t->cap) return NULL;
-  uint32_t mask = t->cap - 1;
+  if (!t->idx_cap) return NULL;
+  uint32_t mask = t->idx_cap - 1;
   for (uint32_t j = (uint32_t)hash & mask;; j = (j + 1) & mask) {
-    mg_series_entry_t *e = &t->slots[j];
-    if (e->hash == hash) return e;
-    if (!e->hash) return NULL;
+    uint32_t v = t->index[j];
+    if (!v) return NULL;
+    if (t->ents[v - 1].hash == hash) return &t->ents[v - 1];
   }
 }
 
@@ -249,44 +268,38 @@ int mg_series_set_extra(mg_series_table_t *t, mg_series_entry_t *e, const void *
 }
 
 mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_t key, bool *is_new) {
+  *is_new = false;
+  if (t->cursor < t->count && t->ents[t->cursor].hash == hash) return &t->ents[t->cursor++];
   mg_series_entry_t *e = mg_series_find(t, hash);
   if (e) {
-    *is_new = false;
+    t->cursor = (uint32_t)(e - t->ents) + 1;
     return e;
   }
-  if ((uint64_t)(t->count + 1) * 4 > (uint64_t)t->cap * 3 && grow(t) != 0) return NULL;
+  if (t->count == UINT32_MAX / 2) return NULL;
+  if (t->count == t->ents_cap) {
+    uint32_t ncap = t->ents_cap ? t->ents_cap + t->ents_cap / 2 : 64;
+    mg_series_entry_t *ne = mg_reallocarray(t->ents, ncap, sizeof *ne);
+    if (!ne) return NULL;
+    t->ents = ne;
+    t->ents_cap = ncap;
+  }
+  if ((uint64_t)(t->count + 1) * 4 > (uint64_t)t->idx_cap * 3) {
+    uint32_t ncap = index_cap_for(t->count + 1);
+    uint32_t *ni = mg_calloc(ncap, sizeof *ni);
+    if (!ni) return NULL;
+    mg_free(t->index);
+    t->index = ni;
+    t->idx_cap = ncap;
+    index_rebuild(t, 0);
+  }
   uint32_t off;
   if (store_cold(t, key, &off) != 0) return NULL;
-  uint32_t mask = t->cap - 1;
-  uint32_t j = (uint32_t)hash & mask;
-  while (t->slots[j].hash) j = (j + 1) & mask;
-  e = &t->slots[j];
-  e->hash = hash;
-  e->key = off;
-  e->epoch = t->epoch;
-  e->route = MG_SERIES_ROUTE_UNDECIDED;
-  t->count++;
+  e = &t->ents[t->count];
+  *e = (mg_series_entry_t){.hash = hash, .key = off, .epoch = t->epoch, .route = MG_SERIES_ROUTE_UNDECIDED};
+  index_put(t, hash, t->count);
+  t->cursor = ++t->count;
   *is_new = true;
   return e;
-}
-
-/* Remove slot i and shift later members of its probe run back. */
-static void delete_slot(mg_series_table_t *t, uint32_t i) {
-  uint32_t mask = t->cap - 1;
-  uint32_t j = i;
-  for (;;) {
-    j = (j + 1) & mask;
-    if (!t->slots[j].hash) break;
-    uint32_t home = (uint32_t)t->slots[j].hash & mask;
-    /* Move j into the hole at i unless its home lies cyclically in (i, j]. */
-    int in_range = (i <= j) ? (home > i && home <= j) : (home > i || home <= j);
-    if (!in_range) {
-      t->slots[i] = t->slots[j];
-      i = j;
-    }
-  }
-  t->slots[i].hash = 0;
-  t->count--;
 }
 
 static int ref_cmp(const void *a, const void *b) {
@@ -301,8 +314,7 @@ static void compact(mg_series_table_t *t) {
   mg_series_entry_t **live = mg_mallocarray(t->count ? t->count : 1, sizeof *live);
   if (!live) return;
   size_t n = 0;
-  for (uint32_t i = 0; i < t->cap; i++)
-    if (t->slots[i].hash) live[n++] = &t->slots[i];
+  for (uint32_t i = 0; i < t->count; i++) live[n++] = &t->ents[i];
   qsort(live, n, sizeof *live, ref_cmp);
   mg_series_table_t nt;
   mg_series_init(&nt);
@@ -348,42 +360,38 @@ static int entry_ref_cmp(const void *a, const void *b) {
 
 size_t mg_series_sweep(mg_series_table_t *t, bool all, mg_series_gone_fn fn, void *ud) {
   size_t n = 0;
-  for (uint32_t i = 0; i < t->cap; i++)
-    if (t->slots[i].hash && (all || t->slots[i].epoch != t->epoch)) n++;
+  for (uint32_t i = 0; i < t->count; i++)
+    if (all || t->ents[i].epoch != t->epoch) n++;
   if (!n) return 0;
   /* Visit the victims in key-store order, so each compressed block is
    * inflated once however many of its series go (a target going down
-   * takes all of them). Without memory for the list, in slot order. */
+   * takes all of them). Without memory for the list, in entry order. */
   mg_series_entry_t *v = mg_mallocarray(n, sizeof *v);
-  size_t k = 0;
   if (v) {
-    for (uint32_t i = 0; i < t->cap; i++)
-      if (t->slots[i].hash && (all || t->slots[i].epoch != t->epoch)) v[k++] = t->slots[i];
+    size_t k = 0;
+    for (uint32_t i = 0; i < t->count; i++)
+      if (all || t->ents[i].epoch != t->epoch) v[k++] = t->ents[i];
     qsort(v, n, sizeof *v, entry_ref_cmp);
     for (size_t i = 0; i < n; i++) {
       if (fn) fn(ud, &v[i], mg_series_key(t, &v[i]));
       drop_record(t, &v[i]);
     }
-    for (size_t i = 0; i < n; i++) {
-      mg_series_entry_t *e = mg_series_find(t, v[i].hash);
-      if (e) delete_slot(t, (uint32_t)(e - t->slots));
-    }
     mg_free(v);
   } else {
-    /* Backward-shift deletion only moves entries into the hole at i or
-     * into later holes of the same run (or, wrapping, between visited
-     * slots), so re-checking slot i after a delete visits each once. */
-    for (uint32_t i = 0; i < t->cap;) {
-      mg_series_entry_t *e = &t->slots[i];
-      if (e->hash && (all || e->epoch != t->epoch)) {
-        if (fn) fn(ud, e, mg_series_key(t, e));
-        drop_record(t, e);
-        delete_slot(t, i);
-        continue;
-      }
-      i++;
+    for (uint32_t i = 0; i < t->count; i++) {
+      mg_series_entry_t *e = &t->ents[i];
+      if (!all && e->epoch == t->epoch) continue;
+      if (fn) fn(ud, e, mg_series_key(t, e));
+      drop_record(t, e);
     }
   }
+  /* Keep the survivors in order. */
+  uint32_t w = 0;
+  for (uint32_t i = 0; i < t->count; i++)
+    if (!all && t->ents[i].epoch == t->epoch) t->ents[w++] = t->ents[i];
+  t->count = w;
+  t->cursor = 0;
+  index_rebuild(t, t->idx_cap > 256 && index_cap_for(w) < t->idx_cap / 2 ? index_cap_for(w) : 0);
   if (t->count == 0) {
     free_blocks(t);
     mg_buf_reset(&t->tail);
@@ -402,6 +410,14 @@ void mg_series_settle(mg_series_table_t *t) {
     t->tail_added = false;
     return;
   }
+  /* No new series either: the entry array loses its growth room. */
+  if (t->ents_cap > t->count + t->count / 16 + 16) {
+    mg_series_entry_t *ne = mg_reallocarray(t->ents, t->count ? t->count : 1, sizeof *ne);
+    if (ne) {
+      t->ents = ne;
+      t->ents_cap = t->count ? t->count : 1;
+    }
+  }
   if (t->tail.len && seal_tail(t) != 0) return;
   /* Nothing is pending in the tail or the inflate cache: give the memory
    * back (64 KiB each, per target). */
@@ -413,11 +429,11 @@ void mg_series_settle(mg_series_table_t *t) {
 }
 
 void mg_series_reset_routes(mg_series_table_t *t) {
-  for (uint32_t i = 0; i < t->cap; i++) t->slots[i].route = MG_SERIES_ROUTE_UNDECIDED;
+  for (uint32_t i = 0; i < t->count; i++) t->ents[i].route = MG_SERIES_ROUTE_UNDECIDED;
 }
 
 size_t mg_series_bytes(const mg_series_table_t *t) {
-  size_t b = (size_t)t->cap * sizeof(mg_series_entry_t) + t->tail.cap + t->unz.cap + t->hot.cap +
+  size_t b = (size_t)t->ents_cap * sizeof(mg_series_entry_t) + (size_t)t->idx_cap * sizeof(uint32_t) + t->tail.cap + t->unz.cap + t->hot.cap +
              t->blocks_cap * sizeof(mg_series_block_t);
   for (uint32_t i = 0; i < t->nblocks; i++) b += t->blocks[i].zlen;
   return b;

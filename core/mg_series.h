@@ -14,12 +14,14 @@
 #include "mg_parse.h"
 #include "mg_str.h"
 
-/* 16 bytes per series; the table keeps its load under 3/4. A 64-bit hash
+/* 16 bytes per series in the entry array, plus 4 bytes per index slot (load
+ * under 3/4); a target whose series stopped changing gives back the array's
+ * growth room. A 64-bit hash
  * collision between two series of one target (odds ~n^2/2^65, 3e-8 for a
  * million series) would merge their bookkeeping; the samples themselves are
  * always encoded from the body, so labels are never mixed up. */
 typedef struct mg_series_entry {
-  uint64_t hash;  /* 0 marks an empty slot; real hashes of 0 are remapped */
+  uint64_t hash;  /* never 0 (mg_series_hash remaps it) */
   uint32_t key;   /* offset of the key bytes in the key store */
   uint16_t epoch; /* scrape that last saw it */
   uint16_t route; /* cached decision: MG_SERIES_ROUTE_* or an index set by the decision hook */
@@ -50,8 +52,11 @@ typedef struct mg_series_block {
 } mg_series_block_t;
 
 typedef struct mg_series_table {
-  mg_series_entry_t *slots;
-  uint32_t cap, count;
+  mg_series_entry_t *ents; /* in first-seen order */
+  uint32_t ents_cap, count;
+  uint32_t *index; /* open addressing: entry position + 1, 0 = empty */
+  uint32_t idx_cap;
+  uint32_t cursor; /* where the next series of this scrape is expected */
   uint16_t epoch;
   /* Cold store: sealed blocks + the tail being filled. Records are varint
    * length + key bytes. */
@@ -82,7 +87,8 @@ static inline uint64_t mg_series_hash(const void *key, size_t n, uint64_t seed) 
 
 /* Find the series, or insert it (copying key) with route UNDECIDED. *is_new
  * tells which. Returns NULL on OOM. The pointer is valid until the next
- * insert or sweep. */
+ * insert, sweep or settle. The entry after the last one found is tried
+ * first: bodies list their series in the same order every scrape. */
 mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_t key, bool *is_new);
 mg_series_entry_t *mg_series_find(mg_series_table_t *t, uint64_t hash);
 
