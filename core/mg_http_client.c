@@ -97,6 +97,7 @@ typedef struct conn {
   int open_handles;
   int writes; /* in flight; the connection is reused only when none are */
   bool dns_pending, reconnecting, closing, idle;
+  bool release_on_write; /* reusable once its last write callback has run */
   mg_tls_t *tls;
   mg_http_parser_t *parser;
   mg_http_req_t *req;
@@ -323,11 +324,17 @@ static void conn_release(conn_t *conn) {
 static void conn_done(conn_t *conn, bool reusable) {
   mg_http_req_t *r = conn_detach(conn);
   /* A server may answer before the request body is out (an early 413):
-   * the rest of that body must not precede the next request. */
-  reusable = reusable && conn->writes == 0;
+   * the rest of that body must not precede the next request. Bytes still
+   * queued in libuv mean that; a write whose bytes all reached the socket
+   * but whose callback libuv has not run yet (the answer came in the same
+   * loop iteration, common on loopback) does not, and then the connection
+   * waits for that callback before it is reused (its write request is). */
+  reusable = reusable && conn->tcp.write_queue_size == 0;
   if (!reusable) conn_close(conn);
   req_complete(r, 0, conn->parser);
-  if (reusable) conn_release(conn);
+  if (!reusable || conn->closing) return;
+  if (conn->writes == 0) conn_release(conn);
+  else conn->release_on_write = true;
 }
 
 typedef struct tls_write {
@@ -341,6 +348,10 @@ static void on_write(uv_write_t *w, int status) {
   if (w != &conn->wreq) mg_free(FROM_LINK(w, tls_write_t, req));
   if (status < 0 && !conn->closing)
     conn_fail(conn, mg_err_from_uv(status), "send to %s: %s", conn->addr, uv_strerror(status));
+  else if (conn->writes == 0 && conn->release_on_write) {
+    conn->release_on_write = false;
+    conn_release(conn);
+  }
 }
 
 /* Hand the ciphertext produced so far to libuv, in one write. */

@@ -277,7 +277,7 @@ mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_
   }
   if (t->count == UINT32_MAX / 2) return NULL;
   if (t->count == t->ents_cap) {
-    uint32_t ncap = t->ents_cap ? t->ents_cap + t->ents_cap / 2 : 64;
+    uint32_t ncap = t->ents_cap < 64 ? 64 : t->ents_cap + t->ents_cap / 2;
     mg_series_entry_t *ne = mg_reallocarray(t->ents, ncap, sizeof *ne);
     if (!ne) return NULL;
     t->ents = ne;

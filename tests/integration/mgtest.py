@@ -827,6 +827,7 @@ class FakeReceiver:
         self.lock = threading.Lock()
         self.samples = {}       # series_key -> [(ts_ms, value)]
         self.requests = 0
+        self.connections = 0    # TCP connections accepted
         self.violations = []    # first few wire-format problems
         self.nviolations = 0
         self.headers_seen = None
@@ -837,6 +838,11 @@ class FakeReceiver:
 
             def log_message(self, *a):
                 pass
+
+            def setup(self):
+                super().setup()
+                with recv.lock:
+                    recv.connections += 1
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)

@@ -118,6 +118,13 @@ def run(c):
         vals = [v for _, v in sorted(reqs)]
         c.check("good: good_requests_total increases scrape after scrape",
                 len(vals) >= 3 and all(b > a for a, b in zip(vals, vals[1:])), f"{vals}")
+        # Keep-alive, as Prometheus does: a new TCP connection per scrape or
+        # per write request costs both sides a handshake and a TIME_WAIT.
+        good = tg["good"]
+        c.check("good: every scrape over one kept-alive connection", good.requests >= 3 and len(good.conns) == 1,
+                f"{good.requests} requests over {len(good.conns)} connections")
+        c.check("receiver: write requests reuse their connections", rx.requests >= 4 and
+                rx.connections * 2 <= rx.requests, f"{rx.requests} requests over {rx.connections} connections")
         gg = rx.find("good_gauge", job=JOB, instance=tg["good"].addr)
         c.check("good: both good_gauge series with their values", sorted(
             (dict(k)["kind"], pts[-1][1]) for k, pts in gg.items()) == [("a", 1.5), ("b", -2.0)], f"{gg.keys()}")

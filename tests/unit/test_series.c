@@ -230,6 +230,19 @@ MG_TEST(settle_seals_the_tail_and_reopens_it) {
   CHECK_INT(mg_series_sweep(&t, false, on_gone, &g), live);
   CHECK_INT(g.n, live);
   CHECK_INT(t.count, 0);
+  /* A one-series target shrinks to one entry, then grows again. */
+  scrape_range(&t, 0, 1);
+  scrape_range(&t, 0, 1);
+  CHECK_INT(t.ents_cap, 1);
+  scrape_range(&t, 0, 100);
+  CHECK_INT(t.count, 100);
+  CHECK_INT(bad_keys(&t, 0, 100), 0);
+  g.n = 0;
+  live = t.count;
+  mg_series_begin(&t);
+  CHECK_INT(mg_series_sweep(&t, false, on_gone, &g), live);
+  CHECK_INT(g.n, live);
+  CHECK_INT(t.count, 0);
   mg_series_cleanup(&t);
 }
 
