@@ -999,7 +999,7 @@ static void left_alone(mg_wal_t *w, scan_t *sc, uint64_t name) {
  * a record whose header survived, by the id gap otherwise); damage that
  * reaches the end of the file is a torn tail and is cut off. Returns 0 or
  * MG_ENOMEM (an unreadable file is logged and left alone). */
-static int scan_segment(mg_wal_t *w, uint64_t name, scan_t *sc) {
+static int scan_segment(mg_wal_t *w, uint64_t name, uint64_t next_name, scan_t *sc) {
   char fname[32];
   seg_fname(fname, name);
   bool rw = true;
@@ -1075,8 +1075,12 @@ static int scan_segment(mg_wal_t *w, uint64_t name, scan_t *sc) {
       bool crc_ok = crc(p, len) == pcrc;
       /* A segment's ids are consecutive from its name, one per record of at
        * least REC_HDR bytes: an id beyond that is not one we wrote (and a
-       * forged huge one would exhaust the id space). */
-      bool plausible = id > prev && id <= name + (off - SEG_HDR) / REC_HDR;
+       * forged huge one would exhaust the id space). Nor is one at or past
+       * the next segment's name, which was created after this one was
+       * sealed: so whether a record counts does not depend on which older
+       * segments are still there (dropping one must not bring a record
+       * with a reused id back to life in the next). */
+      bool plausible = id > prev && id <= name + (off - SEG_HDR) / REC_HDR && id < next_name;
       if (crc_ok && plausible) {
         if (t > s->newest_ms) s->newest_ms = t;
         if (!ck_done(sc->ck, id, tag)) {
@@ -1343,7 +1347,7 @@ int mg_wal_open(const char *dir, const mg_wal_opts_t *opts, mg_wal_t **out) {
   if ((rc = list_segments(w, &names, &nnames)) != 0) goto fail;
   sc.ck = ck;
   for (size_t i = 0; i < nnames; i++)
-    if ((rc = scan_segment(w, names[i], &sc)) != 0) goto fail;
+    if ((rc = scan_segment(w, names[i], i + 1 < nnames ? names[i + 1] : UINT64_MAX, &sc)) != 0) goto fail;
   w->next_id = sc.last_id + 1;
   if (ck->below > w->next_id) w->next_id = ck->below;
   if (ck->next_id > w->next_id) w->next_id = ck->next_id;
