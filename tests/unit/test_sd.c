@@ -80,8 +80,12 @@ static int setup(fixture_t *f) {
 static const char *collect(fixture_t *f) {
   mg_dest_flush(f->dest);
   for (int i = 0; i < 100 && mg_dest_pending_samples(f->dest); i++) uv_run(&f->loop, UV_RUN_NOWAIT);
+  /* The file sink writes on libuv's thread pool: the output is complete
+   * once its size held still for 50 ms (a busy machine can delay a write
+   * by more than one poll). */
   long last = -1;
-  for (int i = 0; i < 200; i++) {
+  int still = 0;
+  for (int i = 0; i < 1000 && still < 25; i++) {
     uv_run(&f->loop, UV_RUN_NOWAIT);
     FILE *fp = fopen(f->path, "r");
     long n = 0;
@@ -90,7 +94,7 @@ static const char *collect(fixture_t *f) {
       fclose(fp);
     }
     f->out[n] = '\0';
-    if (n == last) break;
+    still = n == last ? still + 1 : 0;
     last = n;
     usleep(2000);
   }
