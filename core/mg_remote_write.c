@@ -775,25 +775,26 @@ static void finish_cur(shard_t *s) {
  * appends (for kill -9 safety), so they are small when scrapes are small
  * or shards many. When a shard has several waiting, send them as one
  * request of up to about max_samples_per_send samples: concatenated
- * WriteRequest bodies are one WriteRequest (repeated fields append), so
- * this costs an uncompress of each and one compress. Fewer, larger
- * requests drain a backlog faster and let resharding see the real need. */
+ * WriteRequest bodies are one WriteRequest (repeated fields append), and
+ * snappy blocks join without decompressing (mg_wire_snappy_join), so this
+ * costs a validation pass over each and a copy. Fewer, larger requests
+ * drain a backlog faster and let resharding see the real need. */
 static void coalesce(shard_t *s, record_t *r, uint64_t before_id) {
   mg_dest_t *d = s->d;
   uint32_t max = d->conf->queue.max_samples_per_send;
-  if (r->nsamples >= max) return;
-  mg_buf_t raw, one;
-  mg_buf_init(&raw, 0);
-  mg_buf_init(&one, 0);
-  bool ok = mg_wire_snappy_uncompress(r->data, r->len, &raw) == 0;
-  while (ok && r->nsamples < max && r->nmerged < MAX_MERGE) {
+  if (r->nsamples >= max || !mg_wire_snappy_valid(r->data, r->len)) return;
+  mg_str_t parts[MAX_MERGE + 1];
+  char *taken[MAX_MERGE];
+  size_t np = 0, ntaken = 0;
+  uint32_t first_samples = r->nsamples;
+  parts[np++] = mg_str_n(r->data, r->len);
+  while (r->nsamples < max && r->nmerged < MAX_MERGE) {
     mg_wal_record_t rec;
     if (!r->merged && !(r->merged = mg_calloc(MAX_MERGE, sizeof *r->merged))) break;
     if (mg_wal_next(d->wal, s->idx, before_id, &rec) != 0) break;
-    mg_buf_reset(&one);
-    if (mg_wire_snappy_uncompress(rec.data, rec.len, &one) != 0 || mg_buf_append(&raw, one.data, one.len) != 0) {
+    if (!mg_wire_snappy_valid(rec.data, rec.len)) {
       /* Handed out and cannot be given back. Passed its CRC yet does not
-       * decode (or no memory): finished as damaged, counted. */
+       * decode: finished as damaged, counted. */
       MG_ERROR("remote_write", "record_undecodable", "destination=%s id=%llu samples=%u", d->conf->name,
                (unsigned long long)rec.id, rec.nsamples);
       mg_metric_add(d->m_drop_corrupt, rec.nsamples);
@@ -802,19 +803,31 @@ static void coalesce(shard_t *s, record_t *r, uint64_t before_id) {
       mg_free(rec.data);
       break;
     }
+    taken[ntaken++] = rec.data;
+    parts[np++] = mg_str_n(rec.data, rec.len);
     r->merged[r->nmerged++] = rec.id;
     r->nsamples += rec.nsamples;
-    mg_free(rec.data);
   }
-  mg_buf_cleanup(&one);
   mg_buf_t c;
   mg_buf_init(&c, 0);
-  if (ok && r->nmerged && mg_wire_snappy_compress(raw.data, raw.len, &c) == 0) {
+  if (r->nmerged && mg_wire_snappy_join(parts, np, &c) == 0) {
     mg_free(r->data);
     r->data = mg_buf_steal(&c, &r->len);
+  } else if (r->nmerged) {
+    /* No memory for the joined request: the records taken cannot be given
+     * back to the WAL, and must not be acked with r unsent. Finished as
+     * dropped (buffer_full), counted and logged; r goes alone. */
+    uint32_t lost = r->nsamples - first_samples;
+    MG_ERROR("remote_write", "merge_failed", "destination=%s records=%u samples=%u err=ENOMEM", d->conf->name,
+             r->nmerged, lost);
+    for (uint32_t i = 0; i < r->nmerged; i++) (void)mg_wal_ack(d->wal, r->merged[i]);
+    mg_metric_add(d->m_drop_full, lost);
+    set_pending(d, -(int64_t)lost);
+    r->nsamples = first_samples;
+    r->nmerged = 0;
   }
   mg_buf_cleanup(&c);
-  mg_buf_cleanup(&raw);
+  for (size_t i = 0; i < ntaken; i++) mg_free(taken[i]);
 }
 
 /* The shard's next batch in order: WAL records older than the memory

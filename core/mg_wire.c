@@ -195,3 +195,47 @@ int mg_wire_snappy_uncompress(const void *in, size_t n, mg_buf_t *out) {
   out->data[out->len] = '\0';
   return 0;
 }
+
+bool mg_wire_snappy_valid(const void *in, size_t n) {
+  return snappy_validate_compressed_buffer(in, n) == SNAPPY_OK;
+}
+
+/* The uncompressed-length preamble of a snappy block: a varint of at most
+ * 32 bits. Returns the bytes it takes, or 0 when it is malformed. */
+static size_t snappy_preamble(const unsigned char *p, size_t n, uint64_t *len) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n && i < 5; i++) {
+    v |= (uint64_t)(p[i] & 0x7f) << (7 * i);
+    if (!(p[i] & 0x80)) {
+      if (v > UINT32_MAX) return 0;
+      *len = v;
+      return i + 1;
+    }
+  }
+  return 0;
+}
+
+int mg_wire_snappy_join(const mg_str_t *blocks, size_t n, mg_buf_t *out) {
+  uint64_t total = 0;
+  size_t body = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t len;
+    size_t h = snappy_preamble((const unsigned char *)blocks[i].p, blocks[i].n, &len);
+    if (!h) return MG_EPARSE;
+    total += len;
+    body += blocks[i].n - h;
+  }
+  if (total > UINT32_MAX) return MG_ETOOBIG;
+  int rc = mg_buf_reserve(out, 5 + body);
+  if (rc) return rc;
+  uint8_t *p = put_varint((uint8_t *)out->data + out->len, total);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t len;
+    size_t h = snappy_preamble((const unsigned char *)blocks[i].p, blocks[i].n, &len);
+    memcpy(p, blocks[i].p + h, blocks[i].n - h);
+    p += blocks[i].n - h;
+  }
+  out->len = (size_t)((char *)p - out->data);
+  out->data[out->len] = '\0';
+  return 0;
+}

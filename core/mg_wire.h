@@ -6,6 +6,7 @@
 #ifndef MG_WIRE_H
 #define MG_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,5 +33,16 @@ int mg_wire_snappy_compress(const void *in, size_t n, mg_buf_t *out);
 /* Decompress into out (appends); fails with MG_EPARSE on corrupt input and
  * MG_ETOOBIG when the decoded size would exceed out's limit. */
 int mg_wire_snappy_uncompress(const void *in, size_t n, mg_buf_t *out);
+
+/* Whether a snappy block decodes (without decoding it). */
+bool mg_wire_snappy_valid(const void *in, size_t n);
+/* Join snappy blocks into one block of their concatenated contents without
+ * decompressing: a block is its uncompressed length followed by elements
+ * whose copies reach back from the current output position, so a block's
+ * elements decode the same after other output. Concatenated WriteRequest
+ * bodies are one WriteRequest, so joined requests stay valid requests.
+ * Blocks must be valid (mg_wire_snappy_valid); appends to out. MG_EPARSE
+ * on a malformed length, MG_ETOOBIG past snappy's 4 GiB. */
+int mg_wire_snappy_join(const mg_str_t *blocks, size_t n, mg_buf_t *out);
 
 #endif

@@ -291,9 +291,9 @@ def start_node_exporter(h, name="node_exporter"):
     return pr
 
 
-def start_prometheus_receiver(h, name="prom_receiver"):
+def start_prometheus_receiver(h, name="prom_receiver", port=None):
     """Prometheus 2.42 as a remote-write receiver with an empty config."""
-    port = free_port()
+    port = port or free_port()
     conf = h.write(f"{name}.yml", "# empty: receiver only\n")
     data = h.path(f"{name}-data")
     os.makedirs(data)
@@ -307,8 +307,8 @@ def start_prometheus_receiver(h, name="prom_receiver"):
     return pr
 
 
-def start_victoria(h, name="victoria"):
-    port = free_port()
+def start_victoria(h, name="victoria", port=None):
+    port = port or free_port()
     data = h.path(f"{name}-data")
     os.makedirs(data)
     pr = h.start(name, [VICTORIA_BIN, f"-httpListenAddr=127.0.0.1:{port}",

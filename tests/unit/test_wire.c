@@ -73,6 +73,79 @@ MG_TEST(series_label_lengths) {
   mg_buf_cleanup(&b);
 }
 
+/* Joined snappy blocks decode to the concatenation, whatever the pieces:
+ * empty, tiny, repetitive (copies reaching back far), over one 64 KiB
+ * fragment; joined WriteRequests are one WriteRequest. */
+MG_TEST(snappy_join) {
+  enum { NP = 6 };
+  mg_buf_t in[NP], c[NP], joined, out, all;
+  mg_str_t parts[NP];
+  mg_buf_init(&joined, 0);
+  mg_buf_init(&out, 0);
+  mg_buf_init(&all, 0);
+  for (int i = 0; i < NP; i++) {
+    mg_buf_init(&in[i], 0);
+    mg_buf_init(&c[i], 0);
+  }
+  mg_buf_append_str(&in[1], "x");
+  for (int i = 0; i < 3000; i++) mg_buf_printf(&in[2], "node_cpu_seconds_total{cpu=\"%d\",mode=\"idle\"} %d\n", i % 8, i);
+  for (int i = 0; i < 100000; i++) mg_buf_append_byte(&in[3], (unsigned char)((i * 2654435761u) >> 13));
+  mg_buf_append(&in[4], in[2].data, 5000); /* repeats the start of piece 2 */
+  for (int i = 0; i < 70000; i++) mg_buf_append_byte(&in[5], (unsigned char)('a' + i % 3));
+  for (int i = 0; i < NP; i++) {
+    REQUIRE(mg_wire_snappy_compress(in[i].data, in[i].len, &c[i]) == 0);
+    CHECK(mg_wire_snappy_valid(c[i].data, c[i].len));
+    parts[i] = mg_str_n(c[i].data, c[i].len);
+    mg_buf_append(&all, in[i].data, in[i].len);
+  }
+  REQUIRE(mg_wire_snappy_join(parts, NP, &joined) == 0);
+  CHECK(mg_wire_snappy_valid(joined.data, joined.len));
+  REQUIRE(mg_wire_snappy_uncompress(joined.data, joined.len, &out) == 0);
+  CHECK_MEM(out.data, out.len, all.data, all.len);
+  /* One block joins to itself. */
+  mg_buf_reset(&joined);
+  mg_buf_reset(&out);
+  REQUIRE(mg_wire_snappy_join(&parts[2], 1, &joined) == 0);
+  CHECK_MEM(joined.data, joined.len, c[2].data, c[2].len);
+  /* A malformed length preamble is refused. */
+  mg_str_t bad = MG_STR_LIT("\xff\xff\xff\xff\xff\xff");
+  CHECK_INT(mg_wire_snappy_join(&bad, 1, &joined), MG_EPARSE);
+  CHECK(!mg_wire_snappy_valid(bad.p, bad.n));
+
+  /* Two WriteRequests, compressed apart and joined: one request with both. */
+  mg_buf_t w1, w2, z1, z2;
+  mg_buf_init(&w1, 0);
+  mg_buf_init(&w2, 0);
+  mg_buf_init(&z1, 0);
+  mg_buf_init(&z2, 0);
+  mg_label_t l[] = {{MG_STR_LIT("__name__"), MG_STR_LIT("up")}, {MG_STR_LIT("job"), MG_STR_LIT("a")}};
+  REQUIRE(mg_wire_append_series(&w1, l, 2, 1, 1000) == 0);
+  REQUIRE(mg_wire_append_series(&w2, l, 2, 0, 2000) == 0);
+  REQUIRE(mg_wire_snappy_compress(w1.data, w1.len, &z1) == 0);
+  REQUIRE(mg_wire_snappy_compress(w2.data, w2.len, &z2) == 0);
+  mg_str_t wz[] = {mg_str_n(z1.data, z1.len), mg_str_n(z2.data, z2.len)};
+  mg_buf_reset(&joined);
+  mg_buf_reset(&out);
+  REQUIRE(mg_wire_snappy_join(wz, 2, &joined) == 0);
+  REQUIRE(mg_wire_snappy_uncompress(joined.data, joined.len, &out) == 0);
+  Prometheus__WriteRequest *wr = prometheus__write_request__unpack(NULL, out.len, (const uint8_t *)out.data);
+  REQUIRE(wr != NULL && wr->n_timeseries == 2);
+  CHECK_INT(wr->timeseries[0]->samples[0]->timestamp, 1000);
+  CHECK_INT(wr->timeseries[1]->samples[0]->timestamp, 2000);
+  prometheus__write_request__free_unpacked(wr, NULL);
+  mg_buf_cleanup(&w1);
+  mg_buf_cleanup(&w2);
+  mg_buf_cleanup(&z1);
+  mg_buf_cleanup(&z2);
+  for (int i = 0; i < NP; i++) {
+    mg_buf_cleanup(&in[i]);
+    mg_buf_cleanup(&c[i]);
+  }
+  mg_buf_cleanup(&joined);
+  mg_buf_cleanup(&out);
+  mg_buf_cleanup(&all);
+}
+
 MG_TEST(stale_nan_bits) {
   double s = mg_wire_stale_nan();
   CHECK(isnan(s));
