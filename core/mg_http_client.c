@@ -14,7 +14,12 @@
 #include "mg_mem.h"
 #include "mg_tls.h"
 
-#define READ_BUF_SIZE (64 * 1024)
+/* One read buffer for all connections of a client: libuv hands a stream
+ * the buffer, reads and calls back before it serves the next, and every
+ * callback consumes what it was given, so idle keep-alive connections
+ * (one per target) hold none. Large enough that a multi-MB body is read in
+ * few system calls. */
+#define READ_BUF_SIZE (256 * 1024)
 #define DEFAULT_TIMEOUT_MS 30000
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
 #define DEFAULT_MAX_IDLE 4
@@ -101,7 +106,6 @@ typedef struct conn {
   mg_tls_t *tls;
   mg_http_parser_t *parser;
   mg_http_req_t *req;
-  char *rbuf;
 } conn_t;
 
 typedef enum { R_PENDING, R_ACTIVE, R_DONE, R_CALLBACK } rstate_t;
@@ -134,6 +138,7 @@ struct mg_http_client {
   size_t max_idle;
   uint64_t idle_timeout_ms;
   char *user_agent;
+  char *rbuf; /* READ_BUF_SIZE, shared by all connections */
   link_t pools, conns, pending, done;
   tls_entry_t *tls_ctxs;
   mg_http_client_stats_t stats;
@@ -156,6 +161,7 @@ static void client_maybe_free(mg_http_client_t *c) {
     mg_free(e);
   }
   mg_free(c->user_agent);
+  mg_free(c->rbuf);
   mg_free(c);
 }
 
@@ -252,7 +258,6 @@ static void conn_maybe_free(conn_t *conn) {
   pool_unref(conn->pool);
   mg_http_parser_free(conn->parser);
   mg_tls_free(conn->tls);
-  mg_free(conn->rbuf);
   mg_free(conn);
   client_maybe_free(c);
 }
@@ -490,9 +495,9 @@ static void conn_tls_input(conn_t *conn, const char *data, size_t n) {
   }
   while (!conn->closing) {
     size_t got = 0;
-    int rc = mg_tls_read(conn->tls, conn->rbuf, READ_BUF_SIZE, &got);
+    int rc = mg_tls_read(conn->tls, conn->cli->rbuf, READ_BUF_SIZE, &got);
     if (rc == 0) {
-      conn_input(conn, conn->rbuf, got);
+      conn_input(conn, conn->cli->rbuf, got);
       continue;
     }
     if (rc == MG_EAGAIN) break;
@@ -507,7 +512,7 @@ static void conn_tls_input(conn_t *conn, const char *data, size_t n) {
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   conn_t *conn = h->data;
-  *buf = uv_buf_init(conn->rbuf, READ_BUF_SIZE);
+  *buf = uv_buf_init(conn->cli->rbuf, READ_BUF_SIZE);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -642,11 +647,8 @@ static void on_dns(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
 static conn_t *conn_new(mg_http_client_t *c, pool_t *p) {
   conn_t *conn = mg_calloc(1, sizeof *conn);
   if (!conn) return NULL;
-  conn->rbuf = mg_malloc(READ_BUF_SIZE);
   conn->parser = mg_http_parser_new(MG_HTTP_RESPONSE);
-  if (!conn->rbuf || !conn->parser) {
-    mg_free(conn->rbuf);
-    mg_http_parser_free(conn->parser);
+  if (!conn->parser) {
     mg_free(conn);
     return NULL;
   }
@@ -952,7 +954,10 @@ mg_http_client_t *mg_http_client_new(uv_loop_t *loop, const mg_http_client_opts_
   if (!c) return NULL;
   const char *ua = opts && opts->user_agent ? opts->user_agent : "moongate/" MG_VERSION;
   c->user_agent = mg_http_is_value(ua) ? mg_strdup(ua) : NULL;
-  if (!c->user_agent) {
+  c->rbuf = mg_malloc(READ_BUF_SIZE);
+  if (!c->user_agent || !c->rbuf) {
+    mg_free(c->user_agent);
+    mg_free(c->rbuf);
     mg_free(c);
     return NULL;
   }

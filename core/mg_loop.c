@@ -8,6 +8,7 @@
 
 #include "mg_err.h"
 #include "mg_log.h"
+#include "mg_mem.h"
 
 int mg_loop_init(mg_loop_t *l) {
   memset(l, 0, sizeof *l);
@@ -33,6 +34,11 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (l->on_stop) l->on_stop(l->ud, signum);
 }
 
+static void on_trim(uv_timer_t *t) {
+  (void)t;
+  mg_mem_trim();
+}
+
 int mg_loop_watch_signals(mg_loop_t *l, mg_loop_signal_fn on_stop, mg_loop_signal_fn on_reload, void *ud) {
   l->on_stop = on_stop;
   l->on_reload = on_reload;
@@ -45,6 +51,9 @@ int mg_loop_watch_signals(mg_loop_t *l, mg_loop_signal_fn on_stop, mg_loop_signa
     int rc = uv_signal_start(hs[i], on_signal, sigs[i]);
     if (rc) return mg_err_from_uv(rc);
   }
+  uv_timer_init(&l->uv, &l->trim);
+  uv_timer_start(&l->trim, on_trim, MG_LOOP_TRIM_MS, MG_LOOP_TRIM_MS);
+  uv_unref((uv_handle_t *)&l->trim);
   l->signals_started = 1;
   return 0;
 }
@@ -55,6 +64,7 @@ void mg_loop_unwatch_signals(mg_loop_t *l) {
   uv_close((uv_handle_t *)&l->sig_term, NULL);
   uv_close((uv_handle_t *)&l->sig_int, NULL);
   uv_close((uv_handle_t *)&l->sig_hup, NULL);
+  uv_close((uv_handle_t *)&l->trim, NULL);
 }
 
 int mg_loop_run(mg_loop_t *l) { return uv_run(&l->uv, UV_RUN_DEFAULT); }

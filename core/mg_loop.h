@@ -8,12 +8,15 @@
 #include <stdint.h>
 #include <uv.h>
 
+#define MG_LOOP_TRIM_MS 10000
+
 typedef struct mg_loop mg_loop_t;
 typedef void (*mg_loop_signal_fn)(void *ud, int signum);
 
 struct mg_loop {
   uv_loop_t uv;
   uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t trim; /* mg_mem_trim every MG_LOOP_TRIM_MS while signals are watched */
   mg_loop_signal_fn on_stop; /* SIGTERM, SIGINT */
   mg_loop_signal_fn on_reload; /* SIGHUP */
   void *ud;
@@ -22,7 +25,9 @@ struct mg_loop {
 
 int mg_loop_init(mg_loop_t *l);
 /* Install signal handlers; a second SIGTERM/SIGINT while stopping exits
- * at once with status 1 (the operator insists). */
+ * at once with status 1 (the operator insists). Also starts giving free
+ * heap memory back to the system every MG_LOOP_TRIM_MS (mg_mem_trim; a
+ * few hundred microseconds on a 100 MB heap), until unwatched. */
 int mg_loop_watch_signals(mg_loop_t *l, mg_loop_signal_fn on_stop, mg_loop_signal_fn on_reload, void *ud);
 /* Stop watching signals (part of shutdown). */
 void mg_loop_unwatch_signals(mg_loop_t *l);

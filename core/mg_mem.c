@@ -5,9 +5,18 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 static uint64_t alloc_count;
 static uint64_t fail_at; /* absolute allocation number to fail, 0 = never */
+
+void mg_mem_trim(void) {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
 
 void mg_mem_fail_at(uint64_t nth) { fail_at = nth ? alloc_count + nth : 0; }
 uint64_t mg_mem_alloc_count(void) { return alloc_count; }

@@ -23,6 +23,11 @@ void mg_free(void *p);
 void mg_mem_fail_at(uint64_t nth);
 uint64_t mg_mem_alloc_count(void);
 
+/* Give free heap memory back to the system (malloc_trim where glibc has
+ * it; a no-op elsewhere). Buffers that grew once (a target's first scrape,
+ * a backlog) leave free holes that malloc otherwise keeps resident. */
+void mg_mem_trim(void);
+
 /* Overwrite memory that held a secret (OPENSSL_cleanse: not optimised away). */
 void mg_mem_wipe(void *p, size_t n);
 /* Wipe a NUL-terminated string in place and free it. NULL is fine. */
