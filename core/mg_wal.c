@@ -1080,7 +1080,11 @@ static int scan_segment(mg_wal_t *w, uint64_t name, uint64_t next_name, scan_t *
        * sealed: so whether a record counts does not depend on which older
        * segments are still there (dropping one must not bring a record
        * with a reused id back to life in the next). */
-      bool plausible = id > prev && id <= name + (off - SEG_HDR) / REC_HDR && id < next_name;
+      bool in_reach = id <= name + (off - SEG_HDR) / REC_HDR;
+      bool plausible = id > prev && in_reach && id < next_name;
+      /* New segments are named above every id this file could hold, so
+       * creating one never changes how an existing file reads. */
+      if (in_reach && id + 1 > sc->min_next) sc->min_next = id + 1;
       if (crc_ok && plausible) {
         if (t > s->newest_ms) s->newest_ms = t;
         if (!ck_done(sc->ck, id, tag)) {
@@ -1100,6 +1104,17 @@ static int scan_segment(mg_wal_t *w, uint64_t name, uint64_t next_name, scan_t *
       }
       if (!crc_ok && end == size) { /* the last payload did not make it */
         torn = size - off;
+        break;
+      }
+      if (id >= next_name && id > prev && in_reach) {
+        /* An id the next segment owns: what follows in this file is not
+         * this segment's stream either. Skipping only this record would let
+         * the verdict on the ones after it depend on whether the next
+         * segment still exists (once it is gone, this id counts and later
+         * ones that counted before fall behind it). Counted as one record. */
+        corrupt_records++;
+        corrupt_bytes += size - off;
+        off = size;
         break;
       }
       /* A damaged payload (or a stale copy of an older record, or an
