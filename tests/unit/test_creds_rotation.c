@@ -259,7 +259,11 @@ MG_TEST(rotations_without_gaps_and_without_refused_writes) {
     REQUIRE(r.src[i].c);
   }
   uint64_t t0 = tl_now_ms();
-  bool done = tl_run_until(&loop, monitor, &r, 28000, 10);
+  /* Six keys per source take ~24 s (10 s credentials refreshed ahead of
+   * expiry); the bound leaves room for a loaded machine (credential_process
+   * starts python3 for every refresh), and the loop ends as soon as all
+   * have rotated. */
+  bool done = tl_run_until(&loop, monitor, &r, 45000, 10);
   uint64_t took = tl_now_ms() - t0;
   tl_run_until(&loop, settled, &r, 5000, 10);
   printf("  %.1f s:", (double)took / 1000);
