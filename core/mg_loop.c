@@ -35,8 +35,10 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 static void on_trim(uv_timer_t *t) {
-  (void)t;
+  mg_loop_t *l = t->data;
   mg_mem_trim();
+  l->trim_ms = l->trim_ms * 2 < MG_LOOP_TRIM_MAX_MS ? l->trim_ms * 2 : MG_LOOP_TRIM_MAX_MS;
+  uv_timer_start(t, on_trim, l->trim_ms, 0);
 }
 
 int mg_loop_watch_signals(mg_loop_t *l, mg_loop_signal_fn on_stop, mg_loop_signal_fn on_reload, void *ud) {
@@ -52,7 +54,9 @@ int mg_loop_watch_signals(mg_loop_t *l, mg_loop_signal_fn on_stop, mg_loop_signa
     if (rc) return mg_err_from_uv(rc);
   }
   uv_timer_init(&l->uv, &l->trim);
-  uv_timer_start(&l->trim, on_trim, MG_LOOP_TRIM_MS, MG_LOOP_TRIM_MS);
+  l->trim.data = l;
+  l->trim_ms = MG_LOOP_TRIM_MS;
+  uv_timer_start(&l->trim, on_trim, l->trim_ms, 0);
   uv_unref((uv_handle_t *)&l->trim);
   l->signals_started = 1;
   return 0;
