@@ -554,6 +554,33 @@ static int append_20(const char *root, const mg_wal_opts_t *o) {
   return bad ? -1 : 0;
 }
 
+/* Set the id of the record at `off` in a segment file (header CRC fixed). */
+static void set_id(const char *seg, long off, uint64_t id) {
+  int fd = open(seg, O_RDWR);
+  if (fd < 0) return;
+  unsigned char h[REC_HDR];
+  if (pread(fd, h, sizeof h, off) == (ssize_t)sizeof h) {
+    for (int i = 0; i < 8; i++) h[16 + i] = (unsigned char)(id >> (8 * i));
+    uint32_t c = (uint32_t)crc32_z(0, h + 8, REC_HDR - 8);
+    for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(c >> (8 * i));
+    if (pwrite(fd, h, sizeof h, off) != (ssize_t)sizeof h) perror("pwrite");
+  }
+  close(fd);
+}
+
+/* Offsets of the records of a segment file (walking the length fields);
+ * returns how many, at most max. */
+static int rec_offsets(const char *seg, long *offs, int max) {
+  int fd = open(seg, O_RDONLY), n = 0;
+  if (fd < 0) return 0;
+  unsigned char h[REC_HDR];
+  for (long off = SEG_HDR; n < max && pread(fd, h, sizeof h, off) == (ssize_t)sizeof h;
+       off += REC_HDR + (long)(h[12] | h[13] << 8 | h[14] << 16 | (uint32_t)h[15] << 24))
+    offs[n++] = off;
+  close(fd);
+  return n;
+}
+
 /* The last record of a segment rewritten to carry the next segment's first
  * id, its header CRC fixed: not a record of ours, since the next segment
  * was created after this one was sealed. The next segment's record keeps
@@ -569,22 +596,15 @@ MG_TEST(ids_stay_below_the_next_segment) {
   int nn = seg_names(root, names, 64);
   REQUIRE(nn >= 3);
   uint64_t a = names[0], b = names[1];
-  int fd = open(seg_path(root, a), O_RDWR);
-  REQUIRE(fd >= 0);
+  long offs[64];
+  int nrec = rec_offsets(seg_path(root, a), offs, 64);
+  REQUIRE(nrec >= 2);
   unsigned char h[REC_HDR];
-  long off = SEG_HDR, last = -1;
-  while (pread(fd, h, sizeof h, off) == (ssize_t)sizeof h) {
-    last = off;
-    off += REC_HDR + (long)(h[12] | h[13] << 8 | h[14] << 16 | (uint32_t)h[15] << 24);
-  }
-  REQUIRE(last > 0 && pread(fd, h, sizeof h, last) == (ssize_t)sizeof h);
-  CHECK_INT(h[16] | h[17] << 8, b - 1);
-  memset(h + 16, 0, 8);
-  h[16] = (unsigned char)b, h[17] = (unsigned char)(b >> 8);
-  uint32_t c = (uint32_t)crc32_z(0, h + 8, REC_HDR - 8);
-  for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(c >> (8 * i));
-  REQUIRE(pwrite(fd, h, sizeof h, last) == (ssize_t)sizeof h);
+  int fd = open(seg_path(root, a), O_RDONLY);
+  REQUIRE(fd >= 0 && pread(fd, h, sizeof h, offs[nrec - 1]) == (ssize_t)sizeof h);
   close(fd);
+  CHECK_INT(h[16] | h[17] << 8, b - 1);
+  set_id(seg_path(root, a), offs[nrec - 1], b);
 
   uint64_t ids[32];
   int bad = 0;
@@ -607,20 +627,6 @@ MG_TEST(ids_stay_below_the_next_segment) {
   rm_rf(root);
 }
 
-/* Set the id of the record at `off` in a segment file (header CRC fixed). */
-static void set_id(const char *seg, long off, uint64_t id) {
-  int fd = open(seg, O_RDWR);
-  if (fd < 0) return;
-  unsigned char h[REC_HDR];
-  if (pread(fd, h, sizeof h, off) == (ssize_t)sizeof h) {
-    for (int i = 0; i < 8; i++) h[16 + i] = (unsigned char)(id >> (8 * i));
-    uint32_t c = (uint32_t)crc32_z(0, h + 8, REC_HDR - 8);
-    for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(c >> (8 * i));
-    if (pwrite(fd, h, sizeof h, off) != (ssize_t)sizeof h) perror("pwrite");
-  }
-  close(fd);
-}
-
 /* A record of segment a claims the next segment's first id. Run 1
  * hands out b's records and later ones, acked, and none of a's: what is
  * handed out must not depend on b still being there. Once b is gone (all
@@ -639,14 +645,7 @@ MG_TEST(reading_does_not_depend_on_later_segments) {
   /* The second-to-last record of a (well within reach of its position:
    * records are 140+ bytes, the reach grows by one id per 40) claims b. */
   long offs[64];
-  int nrec = 0;
-  int fd = open(seg_path(root, a), O_RDONLY);
-  REQUIRE(fd >= 0);
-  unsigned char h[REC_HDR];
-  for (long off = SEG_HDR; nrec < 64 && pread(fd, h, sizeof h, off) == (ssize_t)sizeof h;
-       off += REC_HDR + (long)(h[12] | h[13] << 8 | h[14] << 16 | (uint32_t)h[15] << 24))
-    offs[nrec++] = off;
-  close(fd);
+  int nrec = rec_offsets(seg_path(root, a), offs, 64);
   REQUIRE(nrec >= 3);
   set_id(seg_path(root, a), offs[nrec - 2], b);
 
