@@ -290,7 +290,7 @@ mg_series_entry_t *mg_series_upsert(mg_series_table_t *t, uint64_t hash, mg_str_
     mg_free(t->index);
     t->index = ni;
     t->idx_cap = ncap;
-    index_rebuild(t, 0);
+    for (uint32_t i = 0; i < t->count; i++) index_put(t, t->ents[i].hash, i); /* ni is zeroed already */
   }
   uint32_t off;
   if (store_cold(t, key, &off) != 0) return NULL;
