@@ -86,6 +86,7 @@ struct mg_dest {
   mg_http_client_t *http;
   const mg_conf_dest_t *conf;
   mg_sink_t *sink; /* MG_DEST_STDOUT / MG_DEST_FILE */
+  mg_buf_t zbuf;   /* snappy output of the batch being sealed (reused) */
   shard_t *shards;
   uint32_t nshards; /* active: appends go to shards[0..nshards) */
   uint32_t nalloc;  /* allocated (max_shards): inactive ones finish what they hold */
@@ -297,6 +298,7 @@ mg_dest_t *mg_dest_new(uv_loop_t *loop, mg_http_client_t *http, const mg_conf_de
                                                          "destination", n, NULL));
   mg_metric_set(d->m_shards_desired, d->nshards);
   for (uint32_t i = 0; i < d->nalloc; i++) mg_buf_init(&d->shards[i].sig_debug, 64u << 10);
+  mg_buf_init(&d->zbuf, 0);
   return d;
 fail:
   mg_creds_free(d->creds);
@@ -611,6 +613,22 @@ static void enqueue(shard_t *s, char *data, size_t len, uint32_t nsamples) {
   kick(s);
 }
 
+/* A batch snappy-compressed into an allocation of its own exact size
+ * (NULL: no memory). Compressing needs room for the worst case, about
+ * 1.17 times the input (a megabyte for a full batch) against the tenth of
+ * that a batch takes; that room is the destination's reused zbuf, so
+ * queued batches hold only their bytes and sealing does not grow and
+ * shrink the heap by a megabyte each time. */
+static char *compress(mg_dest_t *d, const void *body, size_t len, size_t *clen) {
+  mg_buf_reset(&d->zbuf);
+  if (mg_wire_snappy_compress(body, len, &d->zbuf) != 0) return NULL;
+  char *data = mg_malloc(d->zbuf.len);
+  if (!data) return NULL;
+  memcpy(data, d->zbuf.data, d->zbuf.len);
+  *clen = d->zbuf.len;
+  return data;
+}
+
 /* Close the open batch: hand it to the sink, or compress and queue it. */
 static void seal(shard_t *s) {
   mg_dest_t *d = s->d;
@@ -626,15 +644,12 @@ static void seal(shard_t *s) {
     }
     set_pending(d, -(int64_t)n);
   } else {
-    mg_buf_t c;
-    mg_buf_init(&c, 0);
-    if (mg_wire_snappy_compress(s->open.data, s->open.len, &c) != 0) {
-      mg_buf_cleanup(&c);
+    size_t len;
+    char *data = compress(d, s->open.data, s->open.len, &len);
+    if (!data) {
       mg_metric_add(d->m_drop_full, n);
       set_pending(d, -(int64_t)n);
     } else {
-      size_t len;
-      char *data = mg_buf_steal(&c, &len);
       enqueue(s, data, len, n);
     }
   }
@@ -677,15 +692,9 @@ bool mg_dest_wants_metadata(const mg_dest_t *d) { return d->conf->send_metadata 
 int mg_dest_send_metadata(mg_dest_t *d, const void *body, size_t len) {
   if (d->closing) return MG_ECLOSED;
   if (d->sink) return mg_sink_write(d->sink, body, len) < 0 ? MG_EIO : 0;
-  mg_buf_t c;
-  mg_buf_init(&c, 0);
-  int rc = mg_wire_snappy_compress(body, len, &c);
-  if (rc) {
-    mg_buf_cleanup(&c);
-    return rc;
-  }
   size_t clen;
-  char *data = mg_buf_steal(&c, &clen);
+  char *data = compress(d, body, len, &clen);
+  if (!data) return MG_ENOMEM;
   enqueue(&d->shards[0], data, clen, 0);
   return 0;
 }
@@ -1239,6 +1248,7 @@ static void dest_unref(mg_dest_t *d) {
     mg_buf_cleanup(&s->sig_debug);
     mg_creds_value_unref(s->signed_with);
   }
+  mg_buf_cleanup(&d->zbuf);
   mg_wal_close(d->wal); /* a last sync; no sync work is running (it holds a reference) */
   mg_free(d->wal_dir);
   mg_sigv4_key_cache_cleanup(&d->keys);

@@ -13,7 +13,10 @@ receiver (mgtest.FakeReceiver) answers 503 for a while, and nothing is lost:
    degrades to memory with a metric and a log line, and still nothing is
    lost;
 5. a receiver that takes 10 s to answer twice: waited for (remote_timeout
-   30 s), not resent, nothing lost.
+   30 s), not resent, nothing lost;
+6. a memory-only queue (buffer.memory_only) during a 20 s outage: RSS grows
+   by about what the queue reports holding (a queued batch keeps only its
+   compressed bytes), and nothing is lost.
 Every target serves good_requests_total = its request count, so a lost
 scrape is a hole in the received values.
 """
@@ -281,8 +284,40 @@ def slow_receiver(c, h):
     mgtest.stop_gateway(c, "slow receiver: exits 0", gw)
 
 
+def memory_queue(c, h):
+    out = Outage()
+    rx = h.add_server(mgtest.FakeReceiver(policy=out))
+    tg = [h.add_server(mgtest.FakeTarget("good"))]
+    big = h.add_server(mgtest.FakeTarget("big", big_bytes=BIG_LINE * 10_000))
+    script = h.write("memq.lua", f"""local mg = require "moongate"
+mg.remote_write{{ name = "amp", url = "{rx.write_url}", buffer = {{ memory_only = true }},
+  queue = {{ min_backoff = "100ms", max_backoff = "2s" }} }}
+mg.scrape{{ job = "dur", interval = "1s", timeout = "900ms", targets = {{ "{tg[0].addr}" }} }}
+mg.scrape{{ job = "big", interval = "1s", timeout = "900ms", targets = {{ "{big.addr}" }} }}
+""")
+    gw = mgtest.start_moongate(h, script, name="mg-memq")
+    wait_for("first scrapes delivered", lambda: len(values(rx, tg[0])) >= 3, 30)
+    time.sleep(2)
+    rss0 = rss_kib(gw.p.pid)
+    out.on = True
+    time.sleep(20)
+    held = metric(gw, "moongate_remote_write_memory_bytes", destination="amp")
+    pend = metric(gw, "moongate_remote_write_samples_pending", destination="amp")
+    rss1 = rss_kib(gw.p.pid)
+    upto = {tg[0]: tg[0].requests - 1}
+    out.on = False
+    log(f"memory queue: {pend:.0f} samples pending in {held / 1e6:.1f} MB, RSS {rss0 / 1024:.1f} -> "
+        f"{rss1 / 1024:.1f} MiB")
+    c.check("memory-only queue holds the outage's samples (> 150k pending)", pend and pend > 150e3, f"{pend}")
+    grow = (rss1 - rss0) * 1024
+    c.check("RSS grows by at most twice the queued bytes + 16 MiB", held and grow < 2 * held + (16 << 20),
+            f"grew {grow / 1e6:.1f} MB, queue {held / 1e6:.1f} MB")
+    check_no_loss(c, "memory-only queue, 20 s outage: 0 scrapes lost", rx, tg, upto)
+    mgtest.stop_gateway(c, "memory queue: exits 0", gw)
+
+
 def run(c):
-    for scenario in (sigterm_persists, kill9, disk_full, slow_receiver, outage_60s):
+    for scenario in (sigterm_persists, kill9, disk_full, slow_receiver, memory_queue, outage_60s):
         with mgtest.Harness(f"durability-{scenario.__name__}") as h:
             try:
                 scenario(c, h)
