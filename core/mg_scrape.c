@@ -107,6 +107,7 @@ struct mg_scrape {
   } *entries;
   size_t nentries, entries_cap;
   mg_buf_t scratch;
+  mg_buf_t key;        /* a series' key rewritten in canonical form (series_key) */
   mg_buf_t stale_line; /* a remembered key turned back into a sample line */
   /* Series first seen by the scrape in progress: their hash, and a hash
    * of their final label set (see on_series_gone). */
@@ -330,10 +331,14 @@ static int build_labels(scrape_ctx_t *c, const mg_parse_sample_t *ps, mg_label_t
 
 /* ---- staging ------------------------------------------------------------ */
 
-/* Add the external labels a series does not have itself. */
-static size_t with_external(const mg_scrape_t *s, const mg_label_t *in, size_t n, mg_label_t *out) {
-  memcpy(out, in, n * sizeof *in);
-  return s->next ? merge_missing(out, n, s->ext, s->next, MAX_SERIES_LABELS) : n;
+/* The series' labels with the external labels it does not have itself
+ * added: `in` as it is when there are none, else a merged copy in `buf`.
+ * *n is the count in and out. */
+static const mg_label_t *with_external(const mg_scrape_t *s, const mg_label_t *in, size_t *n, mg_label_t *buf) {
+  if (!s->next) return in;
+  memcpy(buf, in, *n * sizeof *in);
+  *n = merge_missing(buf, *n, s->ext, s->next, MAX_SERIES_LABELS);
+  return buf;
 }
 
 /* Encode one sample with final labels (external labels already in). */
@@ -364,10 +369,9 @@ static int stage_final(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_
 
 static int stage(scrape_ctx_t *c, uint64_t hash, uint64_t dests, const mg_label_t *stage1, size_t n1, double v,
                  int64_t ts) {
-  if (!c->t->s->next) return stage_final(c, hash, dests, stage1, n1, v, ts);
-  mg_label_t labels[MAX_SERIES_LABELS];
-  size_t n = with_external(c->t->s, stage1, n1, labels);
-  return stage_final(c, hash, dests, labels, n, v, ts);
+  mg_label_t buf[MAX_SERIES_LABELS];
+  const mg_label_t *labels = with_external(c->t->s, stage1, &n1, buf);
+  return stage_final(c, hash, dests, labels, n1, v, ts);
 }
 
 static uint64_t labels_hash(const mg_label_t *l, size_t n) {
@@ -598,8 +602,9 @@ static int decide(scrape_ctx_t *c, mg_series_entry_t *e, const mg_parse_sample_t
   if (d.dests && !labels_equal(labels, n, built, nbuilt)) rc = encode_block(&s->extra, BLOCK_STAGE1, labels, n);
   for (size_t di = 0; !rc && d.dests && di < s->ndests; di++) {
     if (!(d.dests >> di & 1) || !s->write_relabel[di]) continue;
-    mg_label_t full[MAX_SERIES_LABELS];
-    size_t nf = with_external(s, labels, n, full);
+    mg_label_t buf[MAX_SERIES_LABELS];
+    size_t nf = n;
+    const mg_label_t *full = with_external(s, labels, &nf, buf);
     int k = apply_rules(s->write_relabel[di], &s->lb_write, full, nf);
     if (k <= 0) d.dests &= ~((uint64_t)1 << di);
     else if (!labels_equal(s->lb_write.v, s->lb_write.n, full, nf))
@@ -683,8 +688,9 @@ static int stage_synthetic(scrape_ctx_t *c, const char *name, double v) {
   for (size_t d = 0; d < s->ndests && !rc; d++) {
     if (!s->write_relabel[d]) continue;
     shared &= ~((uint64_t)1 << d);
-    mg_label_t full[MAX_SERIES_LABELS];
-    size_t nf = with_external(s, out, n, full);
+    mg_label_t buf[MAX_SERIES_LABELS];
+    size_t nf = n;
+    const mg_label_t *full = with_external(s, out, &nf, buf);
     if (apply_rules(s->write_relabel[d], &s->lb_write, full, nf) == 1)
       rc = stage_final(c, hash, (uint64_t)1 << d, s->lb_write.v, s->lb_write.n, v, c->ts_ms);
   }
@@ -724,12 +730,50 @@ static int on_meta(void *ud, const mg_parse_meta_t *m) {
   return 0;
 }
 
+/* The bytes a series is known by in the target's table. Mostly the body's
+ * own (`series`, no copy); a line whose labels are out of order or spaced
+ * differently is rewritten the way Prometheus prints it, name{a="1",b="2"}
+ * with names sorted and values as written, so the same series keeps one
+ * key however the body spells it: a repeat in another order is caught as
+ * a duplicate, and a page that reorders its labels between scrapes does
+ * not turn its series over. Empty when out of memory. */
+static mg_str_t series_key(mg_scrape_t *s, const mg_parse_sample_t *ps) {
+  size_t n = ps->name.n + (ps->nlabels ? ps->nlabels + 1 : 0);
+  for (size_t i = 0; i < ps->nlabels; i++) n += ps->labels[i].name.n + ps->labels[i].value.n + 3;
+  if (n == ps->series.n && (ps->sorted || ps->nlabels < 2)) return ps->series;
+  uint8_t order[MG_PARSE_MAX_LABELS];
+  for (size_t i = 0; i < ps->nlabels; i++) {
+    size_t j = i;
+    for (; j > 0 && mg_str_cmp(ps->labels[order[j - 1]].name, ps->labels[i].name) > 0; j--) order[j] = order[j - 1];
+    order[j] = (uint8_t)i;
+  }
+  mg_buf_t *b = &s->key;
+  mg_buf_reset(b);
+  if (mg_buf_reserve(b, n) != 0) return mg_str_n(NULL, 0);
+  mg_buf_append(b, ps->name.p, ps->name.n);
+  for (size_t k = 0; k < ps->nlabels; k++) {
+    const mg_parse_label_t *l = &ps->labels[order[k]];
+    mg_buf_append_byte(b, k ? ',' : '{');
+    mg_buf_append(b, l->name.p, l->name.n);
+    mg_buf_append(b, "=\"", 2);
+    mg_buf_append(b, l->value.p, l->value.n);
+    mg_buf_append_byte(b, '"');
+  }
+  if (ps->nlabels) mg_buf_append_byte(b, '}');
+  return mg_str_n(b->data, b->len);
+}
+
 static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   scrape_ctx_t *c = ud;
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
   const mg_conf_job_t *job = t->job;
-  uint64_t h = mg_series_hash(ps->series.p, ps->series.n, 0);
+  mg_str_t key = series_key(s, ps);
+  if (!key.n) {
+    snprintf(c->err, sizeof c->err, "out of memory in series table");
+    return MG_ENOMEM;
+  }
+  uint64_t h = mg_series_hash(key.p, key.n, 0);
   mg_label_t built[MAX_SERIES_LABELS];
   if (c->stale_mode) {
     int n = build_labels(c, ps, built);
@@ -743,7 +787,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     return MG_ETOOBIG;
   }
   bool is_new;
-  mg_series_entry_t *e = mg_series_upsert(&t->series, h, ps->series, &is_new);
+  mg_series_entry_t *e = mg_series_upsert(&t->series, h, key, &is_new);
   if (!e) {
     snprintf(c->err, sizeof c->err, "out of memory in series table");
     return MG_ENOMEM;
@@ -787,9 +831,10 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   if (MG_SERIES_ROUTE_ID(e->route) != ROUTE_METRIC_DROP) c->post_relabel++;
   if (route_dropped(e->route)) {
     if (s->trace) {
-      mg_label_t full[MAX_SERIES_LABELS];
-      size_t nf = labels ? with_external(s, labels, n, full) : 0;
-      s->trace(s->trace_ud, labels ? full : NULL, nf, 0, reason ? reason : "dropped (cached decision)", ps->value);
+      mg_label_t buf[MAX_SERIES_LABELS];
+      size_t nf = labels ? n : 0;
+      const mg_label_t *full = labels ? with_external(s, labels, &nf, buf) : NULL;
+      s->trace(s->trace_ud, full, nf, 0, reason ? reason : "dropped (cached decision)", ps->value);
     }
     return 0;
   }
@@ -1306,6 +1351,7 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   s->refs = 1;
   mg_buf_init(&s->staging, UINT32_MAX);
   mg_buf_init(&s->scratch, 0);
+  mg_buf_init(&s->key, 0);
   mg_buf_init(&s->stale_line, 0);
   mg_buf_init(&s->extra, 0);
   s->all_dests = ndests >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ndests) - 1);
@@ -1853,6 +1899,7 @@ static void scrape_unref(mg_scrape_t *s) {
   }
   mg_buf_cleanup(&s->staging);
   mg_buf_cleanup(&s->scratch);
+  mg_buf_cleanup(&s->key);
   mg_buf_cleanup(&s->stale_line);
   mg_free(s->entries);
   mg_free(s->fresh);
