@@ -107,7 +107,6 @@ struct mg_scrape {
   } *entries;
   size_t nentries, entries_cap;
   mg_buf_t scratch;
-  mg_buf_t key;        /* a series' key rewritten in canonical form (series_key) */
   mg_buf_t stale_line; /* a remembered key turned back into a sample line */
   /* Series first seen by the scrape in progress: their hash, and a hash
    * of their final label set (see on_series_gone). */
@@ -730,50 +729,12 @@ static int on_meta(void *ud, const mg_parse_meta_t *m) {
   return 0;
 }
 
-/* The bytes a series is known by in the target's table. Mostly the body's
- * own (`series`, no copy); a line whose labels are out of order or spaced
- * differently is rewritten the way Prometheus prints it, name{a="1",b="2"}
- * with names sorted and values as written, so the same series keeps one
- * key however the body spells it: a repeat in another order is caught as
- * a duplicate, and a page that reorders its labels between scrapes does
- * not turn its series over. Empty when out of memory. */
-static mg_str_t series_key(mg_scrape_t *s, const mg_parse_sample_t *ps) {
-  size_t n = ps->name.n + (ps->nlabels ? ps->nlabels + 1 : 0);
-  for (size_t i = 0; i < ps->nlabels; i++) n += ps->labels[i].name.n + ps->labels[i].value.n + 3;
-  if (n == ps->series.n && (ps->sorted || ps->nlabels < 2)) return ps->series;
-  uint8_t order[MG_PARSE_MAX_LABELS];
-  for (size_t i = 0; i < ps->nlabels; i++) {
-    size_t j = i;
-    for (; j > 0 && mg_str_cmp(ps->labels[order[j - 1]].name, ps->labels[i].name) > 0; j--) order[j] = order[j - 1];
-    order[j] = (uint8_t)i;
-  }
-  mg_buf_t *b = &s->key;
-  mg_buf_reset(b);
-  if (mg_buf_reserve(b, n) != 0) return mg_str_n(NULL, 0);
-  mg_buf_append(b, ps->name.p, ps->name.n);
-  for (size_t k = 0; k < ps->nlabels; k++) {
-    const mg_parse_label_t *l = &ps->labels[order[k]];
-    mg_buf_append_byte(b, k ? ',' : '{');
-    mg_buf_append(b, l->name.p, l->name.n);
-    mg_buf_append(b, "=\"", 2);
-    mg_buf_append(b, l->value.p, l->value.n);
-    mg_buf_append_byte(b, '"');
-  }
-  if (ps->nlabels) mg_buf_append_byte(b, '}');
-  return mg_str_n(b->data, b->len);
-}
-
 static int on_sample(void *ud, const mg_parse_sample_t *ps) {
   scrape_ctx_t *c = ud;
   target_t *t = c->t;
   mg_scrape_t *s = t->s;
   const mg_conf_job_t *job = t->job;
-  mg_str_t key = series_key(s, ps);
-  if (!key.n) {
-    snprintf(c->err, sizeof c->err, "out of memory in series table");
-    return MG_ENOMEM;
-  }
-  uint64_t h = mg_series_hash(key.p, key.n, 0);
+  uint64_t h = mg_series_hash(ps->series.p, ps->series.n, 0);
   mg_label_t built[MAX_SERIES_LABELS];
   if (c->stale_mode) {
     int n = build_labels(c, ps, built);
@@ -787,7 +748,7 @@ static int on_sample(void *ud, const mg_parse_sample_t *ps) {
     return MG_ETOOBIG;
   }
   bool is_new;
-  mg_series_entry_t *e = mg_series_upsert(&t->series, h, key, &is_new);
+  mg_series_entry_t *e = mg_series_upsert(&t->series, h, ps->series, &is_new);
   if (!e) {
     snprintf(c->err, sizeof c->err, "out of memory in series table");
     return MG_ENOMEM;
@@ -1351,7 +1312,6 @@ mg_scrape_t *mg_scrape_new(uv_loop_t *loop, mg_http_client_t *http, const mg_con
   s->refs = 1;
   mg_buf_init(&s->staging, UINT32_MAX);
   mg_buf_init(&s->scratch, 0);
-  mg_buf_init(&s->key, 0);
   mg_buf_init(&s->stale_line, 0);
   mg_buf_init(&s->extra, 0);
   s->all_dests = ndests >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ndests) - 1);
@@ -1899,7 +1859,6 @@ static void scrape_unref(mg_scrape_t *s) {
   }
   mg_buf_cleanup(&s->staging);
   mg_buf_cleanup(&s->scratch);
-  mg_buf_cleanup(&s->key);
   mg_buf_cleanup(&s->stale_line);
   mg_free(s->entries);
   mg_free(s->fresh);
