@@ -37,6 +37,15 @@
 /* Extra heap the traceback handler may use when the error came from
  * hitting the ceiling, so the report itself does not fail. */
 #define ERR_HEADROOM ((size_t)64 << 10)
+/* The memory budget is enforced twice: the count hook stops a call whose
+ * heap passed the ceiling less this margin (an eighth of the ceiling, at
+ * most 1 MiB), at an instruction boundary where raising an error is
+ * always safe; the allocator refuses at the ceiling itself, for a single
+ * allocation too large to wait for the hook. A script that eats memory a
+ * little at a time (the usual runaway) thus never makes an allocation fail
+ * inside the VM, where LuaJIT 2.1.0-beta3's handling of the failure has
+ * crashed (seen under AddressSanitizer). */
+#define SOFT_MARGIN_MAX ((size_t)1 << 20)
 
 typedef enum { R_NONE = 0, R_ERROR, R_INSTRUCTIONS, R_TIMEOUT, R_MEMORY } reason_t;
 
@@ -50,6 +59,7 @@ struct mg_lua_vm {
 
   size_t mem_used;
   size_t ceiling; /* current allocator ceiling (<= opts.mem_limit + headroom) */
+  size_t soft;    /* the count hook stops the call past this (see SOFT_MARGIN_MAX) */
   bool mem_hit;   /* the allocator refused a request since the call began */
   bool bootstrap; /* inside lua_newstate: see vm_alloc */
 
@@ -700,6 +710,8 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
       vm->exceeded = R_INSTRUCTIONS;
     else if (vm->deadline_ns && now_ns() >= vm->deadline_ns)
       vm->exceeded = R_TIMEOUT;
+    else if (vm->mem_used > vm->soft)
+      vm->exceeded = R_MEMORY;
     else
       return;
     /* From now on every instruction raises, so a script cannot swallow
@@ -713,6 +725,8 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   char msg[400];
   if (vm->exceeded == R_INSTRUCTIONS)
     snprintf(msg, sizeof msg, "%sinstruction budget exceeded (%" PRIu64 " instructions)", where, vm->max_steps);
+  else if (vm->exceeded == R_MEMORY)
+    snprintf(msg, sizeof msg, "%smemory budget exceeded (ceiling %zu bytes)", where, vm->ceiling);
   else
     snprintf(msg, sizeof msg, "%stime budget exceeded (%" PRIu64 " ms)",
              where, (vm->deadline_ns - vm->call_start_ns) / 1000000u);
@@ -744,7 +758,6 @@ static int vm_pcall(mg_lua_vm_t *vm, int nargs, int nresults, const mg_lua_budge
   int fn = lua_gettop(L) - nargs;
   bool outer = vm->depth == 0;
   size_t saved_ceiling = vm->ceiling;
-  bool hooked = false;
   if (outer) {
     vm->err[0] = vm->tb[0] = '\0';
     vm->exceeded = R_NONE;
@@ -759,11 +772,9 @@ static int vm_pcall(mg_lua_vm_t *vm, int nargs, int nresults, const mg_lua_budge
      * would count against this one. Collect when close to the ceiling. */
     if (vm->mem_used > ceiling / 4 * 3) lua_gc(L, LUA_GCCOLLECT, 0);
     vm->ceiling = ceiling;
-    if (vm->max_steps || vm->deadline_ns) {
-      vm->hook_step = vm->max_steps && vm->max_steps < HOOK_STEP ? (int)vm->max_steps : HOOK_STEP;
-      lua_sethook(L, budget_hook, LUA_MASKCOUNT, vm->hook_step);
-      hooked = true;
-    }
+    vm->soft = ceiling - (ceiling / 8 < SOFT_MARGIN_MAX ? ceiling / 8 : SOFT_MARGIN_MAX);
+    vm->hook_step = vm->max_steps && vm->max_steps < HOOK_STEP ? (int)vm->max_steps : HOOK_STEP;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, vm->hook_step);
   }
   push_reg(L, &key_fn_handler);
   lua_insert(L, fn);
@@ -792,7 +803,7 @@ static int vm_pcall(mg_lua_vm_t *vm, int nargs, int nresults, const mg_lua_budge
     lua_pop(L, 1);
   }
   if (outer) {
-    if (hooked) lua_sethook(L, NULL, 0, 0);
+    lua_sethook(L, NULL, 0, 0);
     vm->ceiling = vm->opts.mem_limit;
     vm->exceeded = R_NONE;
     vm->max_steps = 0;
