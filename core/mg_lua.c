@@ -43,8 +43,9 @@
  * always safe; the allocator refuses at the ceiling itself, for a single
  * allocation too large to wait for the hook. A script that eats memory a
  * little at a time (the usual runaway) thus never makes an allocation fail
- * inside the VM, where LuaJIT 2.1.0-beta3's handling of the failure has
- * crashed (seen under AddressSanitizer). */
+ * inside the VM, where LuaJIT 2.1.0-beta3's handling of the failure is
+ * fragile (test_lua's fault injection crashes it now and then under
+ * AddressSanitizer; see the Makefile's test-asan). */
 #define SOFT_MARGIN_MAX ((size_t)1 << 20)
 
 typedef enum { R_NONE = 0, R_ERROR, R_INSTRUCTIONS, R_TIMEOUT, R_MEMORY } reason_t;
