@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -376,77 +377,72 @@ static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, kvs_mode_t mode) 
 
 /* ---- shared HTTP client settings --------------------------------------- */
 
-static int load_basic_auth(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
+/* A string key of a small settings map: the char * it fills (at an offset
+ * in the struct) and whether the value is a secret. */
+typedef struct {
+  const char *key;
+  size_t off;
+  bool secret;
+} str_key_t;
+
+/* A map whose keys are strings of one struct, plus a bool key when
+ * bool_key is set; null values are ignored, other keys refused. */
+static int load_str_keys(loader_t *L, yaml_node_t *n, void *obj, const str_key_t *keys, size_t nkeys,
+                         const char *bool_key, bool *bool_slot) {
   map_t m;
   int rc = get_map(L, n, &m);
   for (size_t i = 0; i < m.n && rc == 0; i++) {
     const pair_t *p = &m.v[i];
     size_t old = push_key(L, p->key);
+    size_t k = 0;
+    while (k < nkeys && strcmp(p->key, keys[k].key) != 0) k++;
     if (is_null(p->v))
       ;
-    else if (!strcmp(p->key, "username"))
-      rc = set_str(L, p->v, &a->basic_username, false);
-    else if (!strcmp(p->key, "password"))
-      rc = set_str(L, p->v, &a->basic_password, true);
-    else if (!strcmp(p->key, "password_file"))
-      rc = set_str(L, p->v, &a->basic_password_file, false);
+    else if (k < nkeys)
+      rc = set_str(L, p->v, (char **)((char *)obj + keys[k].off), keys[k].secret);
+    else if (bool_key && !strcmp(p->key, bool_key))
+      rc = get_bool(L, p->v, bool_slot);
     else
       rc = fail(L, p->k, "not supported by this moongate version");
     pop(L, old);
   }
+  map_cleanup(&m);
+  return rc;
+}
+
+#define STR_KEY(name, type, field, secret) {name, offsetof(type, field), secret}
+
+static int load_basic_auth(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
+  static const str_key_t keys[] = {
+      STR_KEY("username", mg_conf_auth_t, basic_username, false),
+      STR_KEY("password", mg_conf_auth_t, basic_password, true),
+      STR_KEY("password_file", mg_conf_auth_t, basic_password_file, false),
+  };
+  int rc = load_str_keys(L, n, a, keys, sizeof keys / sizeof keys[0], NULL, NULL);
   /* basic_auth: {} still means "send basic auth", with empty fields. */
   if (rc == 0 && !a->basic_username && mg_conf_set_str(&a->basic_username, "") < 0) rc = oom(L, n);
-  map_cleanup(&m);
   return rc;
 }
 
 static int load_authorization(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
-  map_t m;
-  int rc = get_map(L, n, &m);
-  for (size_t i = 0; i < m.n && rc == 0; i++) {
-    const pair_t *p = &m.v[i];
-    size_t old = push_key(L, p->key);
-    if (is_null(p->v))
-      ;
-    else if (!strcmp(p->key, "type"))
-      rc = set_str(L, p->v, &a->auth_type, false);
-    else if (!strcmp(p->key, "credentials"))
-      rc = set_str(L, p->v, &a->credentials, true);
-    else if (!strcmp(p->key, "credentials_file"))
-      rc = set_str(L, p->v, &a->credentials_file, false);
-    else
-      rc = fail(L, p->k, "not supported by this moongate version");
-    pop(L, old);
-  }
+  static const str_key_t keys[] = {
+      STR_KEY("type", mg_conf_auth_t, auth_type, false),
+      STR_KEY("credentials", mg_conf_auth_t, credentials, true),
+      STR_KEY("credentials_file", mg_conf_auth_t, credentials_file, false),
+  };
+  int rc = load_str_keys(L, n, a, keys, sizeof keys / sizeof keys[0], NULL, NULL);
   if (rc == 0 && !a->auth_type && mg_conf_set_str(&a->auth_type, "Bearer") < 0) rc = oom(L, n);
-  map_cleanup(&m);
   return rc;
 }
 
 static int load_tls(loader_t *L, yaml_node_t *n, mg_conf_tls_t *t) {
-  map_t m;
-  int rc = get_map(L, n, &m);
-  for (size_t i = 0; i < m.n && rc == 0; i++) {
-    const pair_t *p = &m.v[i];
-    size_t old = push_key(L, p->key);
-    if (is_null(p->v))
-      ;
-    else if (!strcmp(p->key, "ca_file"))
-      rc = set_str(L, p->v, &t->ca_file, false);
-    else if (!strcmp(p->key, "cert_file"))
-      rc = set_str(L, p->v, &t->cert_file, false);
-    else if (!strcmp(p->key, "key_file"))
-      rc = set_str(L, p->v, &t->key_file, false);
-    else if (!strcmp(p->key, "server_name"))
-      rc = set_str(L, p->v, &t->server_name, false);
-    else if (!strcmp(p->key, "insecure_skip_verify"))
-      rc = get_bool(L, p->v, &t->insecure_skip_verify);
-    else
-      rc = fail(L, p->k, "not supported by this moongate version");
-    pop(L, old);
-  }
-  map_cleanup(&m);
-  return rc;
+  static const str_key_t keys[] = {
+      STR_KEY("ca_file", mg_conf_tls_t, ca_file, false),
+      STR_KEY("cert_file", mg_conf_tls_t, cert_file, false),
+      STR_KEY("key_file", mg_conf_tls_t, key_file, false),
+      STR_KEY("server_name", mg_conf_tls_t, server_name, false),
+  };
+  return load_str_keys(L, n, t, keys, sizeof keys / sizeof keys[0], "insecure_skip_verify", &t->insecure_skip_verify);
 }
 
 /* The HTTP client keys scrape jobs and remote_write share. Returns 1 when
