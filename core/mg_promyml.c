@@ -377,72 +377,73 @@ static int get_kvs(loader_t *L, yaml_node_t *n, mg_kvs_t *kvs, kvs_mode_t mode) 
 
 /* ---- shared HTTP client settings --------------------------------------- */
 
-/* A string key of a small settings map: the char * it fills (at an offset
- * in the struct) and whether the value is a secret. */
+/* A key of a small settings map and the struct field it fills. */
+typedef enum { KEY_STR, KEY_SECRET, KEY_BOOL } key_kind_t;
 typedef struct {
   const char *key;
-  size_t off;
-  bool secret;
-} str_key_t;
+  size_t off; /* of a char * (KEY_STR, KEY_SECRET) or a bool (KEY_BOOL) */
+  key_kind_t kind;
+} map_key_t;
 
-/* A map whose keys are strings of one struct, plus a bool key when
- * bool_key is set; null values are ignored, other keys refused. */
-static int load_str_keys(loader_t *L, yaml_node_t *n, void *obj, const str_key_t *keys, size_t nkeys,
-                         const char *bool_key, bool *bool_slot) {
+#define MAP_KEY(name, type, field, kind) {name, offsetof(type, field), kind}
+#define NKEYS(keys) (sizeof(keys) / sizeof((keys)[0]))
+
+/* A map whose keys fill fields of obj; null values are ignored, keys not
+ * in the table refused. */
+static int load_keys(loader_t *L, yaml_node_t *n, void *obj, const map_key_t *keys, size_t nkeys) {
   map_t m;
   int rc = get_map(L, n, &m);
   for (size_t i = 0; i < m.n && rc == 0; i++) {
     const pair_t *p = &m.v[i];
     size_t old = push_key(L, p->key);
-    size_t k = 0;
-    while (k < nkeys && strcmp(p->key, keys[k].key) != 0) k++;
+    const map_key_t *k = keys;
+    while (k < keys + nkeys && strcmp(p->key, k->key) != 0) k++;
     if (is_null(p->v))
       ;
-    else if (k < nkeys)
-      rc = set_str(L, p->v, (char **)((char *)obj + keys[k].off), keys[k].secret);
-    else if (bool_key && !strcmp(p->key, bool_key))
-      rc = get_bool(L, p->v, bool_slot);
-    else
+    else if (k == keys + nkeys)
       rc = fail(L, p->k, "not supported by this moongate version");
+    else if (k->kind == KEY_BOOL)
+      rc = get_bool(L, p->v, (bool *)((char *)obj + k->off));
+    else
+      rc = set_str(L, p->v, (char **)((char *)obj + k->off), k->kind == KEY_SECRET);
     pop(L, old);
   }
   map_cleanup(&m);
   return rc;
 }
 
-#define STR_KEY(name, type, field, secret) {name, offsetof(type, field), secret}
-
 static int load_basic_auth(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
-  static const str_key_t keys[] = {
-      STR_KEY("username", mg_conf_auth_t, basic_username, false),
-      STR_KEY("password", mg_conf_auth_t, basic_password, true),
-      STR_KEY("password_file", mg_conf_auth_t, basic_password_file, false),
+  static const map_key_t keys[] = {
+      MAP_KEY("username", mg_conf_auth_t, basic_username, KEY_STR),
+      MAP_KEY("password", mg_conf_auth_t, basic_password, KEY_SECRET),
+      MAP_KEY("password_file", mg_conf_auth_t, basic_password_file, KEY_STR),
   };
-  int rc = load_str_keys(L, n, a, keys, sizeof keys / sizeof keys[0], NULL, NULL);
+  int rc = load_keys(L, n, a, keys, NKEYS(keys));
   /* basic_auth: {} still means "send basic auth", with empty fields. */
   if (rc == 0 && !a->basic_username && mg_conf_set_str(&a->basic_username, "") < 0) rc = oom(L, n);
   return rc;
 }
 
 static int load_authorization(loader_t *L, yaml_node_t *n, mg_conf_auth_t *a) {
-  static const str_key_t keys[] = {
-      STR_KEY("type", mg_conf_auth_t, auth_type, false),
-      STR_KEY("credentials", mg_conf_auth_t, credentials, true),
-      STR_KEY("credentials_file", mg_conf_auth_t, credentials_file, false),
+  static const map_key_t keys[] = {
+      MAP_KEY("type", mg_conf_auth_t, auth_type, KEY_STR),
+      MAP_KEY("credentials", mg_conf_auth_t, credentials, KEY_SECRET),
+      MAP_KEY("credentials_file", mg_conf_auth_t, credentials_file, KEY_STR),
   };
-  int rc = load_str_keys(L, n, a, keys, sizeof keys / sizeof keys[0], NULL, NULL);
+  int rc = load_keys(L, n, a, keys, NKEYS(keys));
   if (rc == 0 && !a->auth_type && mg_conf_set_str(&a->auth_type, "Bearer") < 0) rc = oom(L, n);
   return rc;
 }
 
 static int load_tls(loader_t *L, yaml_node_t *n, mg_conf_tls_t *t) {
-  static const str_key_t keys[] = {
-      STR_KEY("ca_file", mg_conf_tls_t, ca_file, false),
-      STR_KEY("cert_file", mg_conf_tls_t, cert_file, false),
-      STR_KEY("key_file", mg_conf_tls_t, key_file, false),
-      STR_KEY("server_name", mg_conf_tls_t, server_name, false),
+  static const map_key_t keys[] = {
+      MAP_KEY("ca_file", mg_conf_tls_t, ca_file, KEY_STR),
+      MAP_KEY("cert_file", mg_conf_tls_t, cert_file, KEY_STR),
+      MAP_KEY("key_file", mg_conf_tls_t, key_file, KEY_STR),
+      MAP_KEY("server_name", mg_conf_tls_t, server_name, KEY_STR),
+      MAP_KEY("insecure_skip_verify", mg_conf_tls_t, insecure_skip_verify, KEY_BOOL),
   };
-  return load_str_keys(L, n, t, keys, sizeof keys / sizeof keys[0], "insecure_skip_verify", &t->insecure_skip_verify);
+  return load_keys(L, n, t, keys, NKEYS(keys));
 }
 
 /* The HTTP client keys scrape jobs and remote_write share. Returns 1 when
